@@ -1,0 +1,1 @@
+"""The hot-folder quality-gate daemon."""

@@ -1,0 +1,1 @@
+"""Model export (ONNX, TensorRT) and runtime backends."""
