@@ -1,0 +1,1 @@
+"""Sample data for pyfundus: real fundus photographs fetched on demand (see ``samples``)."""

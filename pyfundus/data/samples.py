@@ -1,0 +1,398 @@
+"""Real sample fundus photographs: fetched reproducibly, never committed.
+
+The photos come from the sdist of ``retinalysis-fundusprep``, pinned by version
+and sha256 and downloaded through pip, so the user's configured indexes,
+mirrors and proxies apply. Only its ``samples/original/`` folder (11 photos and
+one Topcon DICOM) is extracted, next to the CC0 retina photo that scikit-image
+bundles. ``manifest.json`` records each file's checksum, format, source dataset
+and licence.
+
+Some of the source datasets forbid redistribution (DRIVE does), which is why
+pyfundus fetches these files on the user's machine and ships none of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib.metadata import version as installed_version
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from ..paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+SDIST_NAME = "retinalysis-fundusprep"
+SDIST_VERSION = "1.1.0"
+SDIST_SHA256 = "84111f0de5782f0305248f664a48d2e0336df823422708283758f675e8fe3611"
+
+MANIFEST_NAME = "manifest.json"
+SKIMAGE_RETINA_NAME = "skimage_retina.png"
+FETCH_HINT = "run `pyfundus data fetch-samples` (or pyfundus.data.samples.fetch_samples())"
+
+# What pip prints when a download does not match --hash: the archive was then
+# rejected before pip ran any build step on it.
+_PIP_HASH_MISMATCH = "DO NOT MATCH THE HASHES"
+_CHUNK = 1 << 20
+# (magic bytes, offset, format): cheaper and stricter than trusting the suffix.
+_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", 0, "PNG"),
+    (b"\xff\xd8\xff", 0, "JPEG"),
+    (b"DICM", 128, "DICOM"),
+)
+
+
+class SampleFetchError(RuntimeError):
+    """Fetching the sample photos failed."""
+
+
+class DownloadError(SampleFetchError):
+    """pip could not download the pinned sdist; ``pip_output`` is what pip said."""
+
+    def __init__(self, message: str, pip_output: str = "") -> None:
+        super().__init__(message)
+        self.pip_output = pip_output
+
+
+class ChecksumMismatchError(SampleFetchError):
+    """The downloaded sdist is not the pinned one; nothing was extracted."""
+
+
+class UnsafeArchiveError(SampleFetchError):
+    """The archive holds a member that could write outside the destination."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a sample photo comes from, and how we know its licence."""
+
+    dataset: str
+    license: str
+    license_source: str
+
+
+# Keyed by filename prefix. The sdist has no statement about its images (its
+# LICENSE is the AGPL-3.0 text for the package), so each licence below is the
+# one the dataset publishes, and license_source says how that was established.
+_SDIST_PROVENANCE = {
+    "DRIVE_": Provenance(
+        dataset="DRIVE",
+        license=(
+            "DRIVE terms: free of charge for research and education; copying, "
+            "redistribution and unauthorised commercial use prohibited"
+        ),
+        license_source=(
+            "'Using the database' on https://www.isi.uu.nl/Research/Databases/DRIVE/ "
+            "(read from an archived copy of the page)"
+        ),
+    ),
+    "CHASEDB1_": Provenance(
+        dataset="CHASE_DB1",
+        license="CC-BY-4.0",
+        license_source=(
+            "https://researchdata.kingston.ac.uk/96/ as cited by the torch-em CHASE_DB1 "
+            "loader; the Kingston page itself was not read"
+        ),
+    ),
+    "HRF_": Provenance(
+        dataset="HRF",
+        license="CC-BY-4.0",
+        license_source=(
+            "https://www5.cs.fau.de/research/data/fundus-images/ as cited by the torch-em "
+            "HRF loader; the FAU page itself was not read"
+        ),
+    ),
+    "PALM_": Provenance(
+        dataset="PALM",
+        license="unknown",
+        license_source=(
+            "not established: the challenge pages (palm.grand-challenge.org, IEEE DataPort "
+            "doi:10.21227/55pk-8z03) give participation rules but no licence; the 2024 "
+            "Scientific Data release (doi:10.1038/s41597-024-02911-2) was not checked"
+        ),
+    ),
+}
+_UNKNOWN_PROVENANCE = Provenance(
+    dataset="unknown",
+    license="unknown",
+    license_source="no statement in the sdist; its AGPL-3.0 LICENSE covers the package, not named images",
+)
+_SKIMAGE_PROVENANCE = Provenance(
+    dataset="Wikimedia Commons",
+    license="CC0-1.0",
+    license_source=(
+        "docstring of skimage.data.retina: File:Fundus_photograph_of_normal_left_eye.jpg "
+        "on commons.wikimedia.org (Häggström 2014)"
+    ),
+)
+
+
+def samples_dir() -> Path:
+    """Default folder of the sample photos: ``cache_dir()/samples``."""
+    return cache_dir() / "samples"
+
+
+def fetch_samples(dest: Path | None = None, *, force: bool = False, progress: bool = True) -> Path:
+    """Fetch the sample photos into ``dest`` (default ``samples_dir()``) and return it.
+
+    Does nothing when ``dest`` already holds a manifest whose every file still
+    matches its sha256, unless ``force`` is set.
+    """
+    folder = _resolve(dest)
+    if not force and _is_complete(folder):
+        logger.info("Sample photos already present in %s (checksums verified)", folder)
+        return folder
+    fetched_on = datetime.now(timezone.utc).date().isoformat()
+    with tempfile.TemporaryDirectory(prefix="pyfundus-samples-") as tmp:
+        archive = _download_sdist(Path(tmp))
+        _verify_sha256(archive, SDIST_SHA256)
+        extracted = _extract_samples(archive, folder, progress=progress)
+    entries = [
+        _entry(path, _provenance(path.name), SDIST_NAME, SDIST_VERSION, fetched_on)
+        for path in extracted
+    ]
+    retina = _write_skimage_retina(folder)
+    entries.append(
+        _entry(retina, _SKIMAGE_PROVENANCE, "scikit-image", installed_version("scikit-image"), fetched_on)
+    )
+    _write_manifest(folder, entries)
+    logger.info("Fetched %d sample photos into %s", len(entries), folder)
+    return folder
+
+
+def load_manifest(dest: Path | None = None) -> list[dict[str, Any]]:
+    """Return the manifest entries of the sample photos in ``dest``."""
+    path = _resolve(dest) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"No sample photos in {path.parent}: {FETCH_HINT}")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def sample_paths(dest: Path | None = None) -> list[Path]:
+    """Return the paths of all sample photos in ``dest``, in manifest order."""
+    folder = _resolve(dest)
+    paths = [folder / entry["name"] for entry in load_manifest(folder)]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"Sample photos missing from {folder} ({', '.join(missing)}): {FETCH_HINT}")
+    return paths
+
+
+def summary(dest: Path | None = None) -> str:
+    """A short human-readable table of the fetched samples, for the CLI to print."""
+    folder = _resolve(dest)
+    entries = load_manifest(folder)
+    lines = [f"{len(entries)} sample photos in {folder}"]
+    lines += [f"  {e['name']:<20} {e['format']:<5} {e['dataset']:<10} {e['license']}" for e in entries]
+    return "\n".join(lines)
+
+
+def _resolve(dest: Path | None) -> Path:
+    return samples_dir() if dest is None else Path(dest)
+
+
+def _is_complete(folder: Path) -> bool:
+    """True when the manifest is for the pinned sdist and every file still matches it."""
+    try:
+        entries = load_manifest(folder)
+        versions = {e["package_version"] for e in entries if e["package"] == SDIST_NAME}
+        if versions != {SDIST_VERSION}:
+            logger.info("Manifest in %s is not for %s==%s; re-fetching", folder, SDIST_NAME, SDIST_VERSION)
+            return False
+        for entry in entries:
+            path = folder / entry["name"]
+            if not path.is_file() or _sha256(path) != entry["sha256"]:
+                logger.info("%s is missing or changed; re-fetching", path)
+                return False
+    except FileNotFoundError:
+        return False
+    except (ValueError, KeyError, TypeError) as exc:
+        logger.warning("Unreadable manifest in %s (%s); re-fetching", folder, exc)
+        return False
+    return True
+
+
+def _sdist_stem() -> str:
+    # sdists are named after the normalised project name: dashes become underscores.
+    return f"{SDIST_NAME.replace('-', '_')}-{SDIST_VERSION}"
+
+
+def _download_sdist(workdir: Path) -> Path:
+    """Download the pinned sdist with pip into ``workdir`` and return its path."""
+    requirements = workdir / "requirements.txt"
+    pin = f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}\n"
+    requirements.write_text(pin, encoding="utf-8")
+    out = workdir / "download"
+    logger.info("Downloading the %s==%s sdist through pip", SDIST_NAME, SDIST_VERSION)
+    command = _pip_download_command(requirements, out)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    logger.debug("pip said:\n%s", output)
+    if result.returncode != 0:
+        if _PIP_HASH_MISMATCH in output:
+            raise ChecksumMismatchError(
+                f"pip rejected {SDIST_NAME}=={SDIST_VERSION}: its sha256 is not {SDIST_SHA256}; "
+                f"nothing was extracted.\n{_tail(output)}"
+            )
+        raise DownloadError(
+            f"pip could not download {SDIST_NAME}=={SDIST_VERSION} "
+            f"(exit status {result.returncode}):\n{_tail(output)}",
+            pip_output=output,
+        )
+    archive = out / f"{_sdist_stem()}.tar.gz"
+    if not archive.is_file():
+        saved = sorted(path.name for path in out.glob("*"))
+        raise DownloadError(f"pip did not save {archive.name} (it saved {saved})", pip_output=output)
+    return archive
+
+
+def _pip_download_command(requirements: Path, out: Path) -> list[str]:
+    # No --no-build-isolation: pip builds an sdist's metadata even for `download`,
+    # and this sdist takes its version from setuptools-scm, which is usually not
+    # installed; without it setuptools reports 0.0.0 and pip discards the file.
+    # In isolation pip installs setuptools, setuptools-scm and wheel from the
+    # configured indexes. The sdist has no setup.py, so no code of its own runs,
+    # and --require-hashes makes pip check the sha256 before that build starts.
+    return [
+        sys.executable, "-m", "pip", "download",
+        "--no-deps",
+        # Only this project must be an sdist (its 42 kB wheel has no photos);
+        # build dependencies may stay wheels instead of being built from source.
+        "--no-binary", SDIST_NAME,
+        "--require-hashes", "-r", str(requirements),
+        # A credential prompt for a private index must fail, not hang.
+        "--no-input",
+        "-d", str(out),
+    ]
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _verify_sha256(path: Path, expected: str) -> None:
+    actual = _sha256(path)
+    if actual != expected:
+        raise ChecksumMismatchError(
+            f"{path.name} has sha256 {actual}, expected {expected}; nothing was extracted"
+        )
+    logger.info("Verified sha256 of %s", path.name)
+
+
+def _extract_samples(archive: Path, dest: Path, *, progress: bool) -> list[Path]:
+    """Copy the files directly under ``samples/original/`` of ``archive`` into ``dest``.
+
+    Every member of the archive is checked before anything is written, so an
+    unsafe archive leaves ``dest`` untouched.
+    """
+    with tarfile.open(archive, "r:gz") as tar:
+        members = tar.getmembers()
+        for member in members:
+            _check_member(member)
+        samples_folder = PurePosixPath(_sdist_stem(), "samples", "original")
+        selected = [m for m in members if m.isfile() and PurePosixPath(m.name).parent == samples_folder]
+        dest.mkdir(parents=True, exist_ok=True)
+        with tqdm(
+            total=sum(m.size for m in selected), unit="B", unit_scale=True,
+            desc="Extracting samples", file=sys.stderr, disable=not progress,
+        ) as bar:
+            extracted = [_copy_member(tar, member, dest, bar) for member in selected]
+    logger.info("Extracted %d files from %s into %s", len(extracted), archive.name, dest)
+    return extracted
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    """Reject what tarfile's 'data' filter rejects, and stricter: any link at all."""
+    name = member.name
+    if "\\" in name or PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise UnsafeArchiveError(f"absolute or non-POSIX path in archive: {name!r}")
+    if ".." in PurePosixPath(name).parts:
+        raise UnsafeArchiveError(f"path leaving the archive root: {name!r}")
+    if member.issym() or member.islnk():
+        raise UnsafeArchiveError(f"link in archive: {name!r} -> {member.linkname!r}")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"special file in archive: {name!r}")
+
+
+def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, bar: tqdm) -> Path:
+    # Flattened to dest/<basename>: the archive's folders never reach the disk.
+    target = dest / PurePosixPath(member.name).name
+    source = tar.extractfile(member)
+    assert source is not None  # _extract_samples selects regular files only
+    with source, target.open("wb") as sink:
+        while chunk := source.read(_CHUNK):
+            sink.write(chunk)
+            bar.update(len(chunk))
+    return target
+
+
+def _write_skimage_retina(dest: Path) -> Path:
+    # scikit-image is an optional dependency (the `test` extra): import it only here.
+    try:
+        from skimage import data
+    except ModuleNotFoundError as exc:
+        raise SampleFetchError(
+            "the CC0 retina sample comes from scikit-image: pip install scikit-image"
+        ) from exc
+    target = dest / SKIMAGE_RETINA_NAME
+    Image.fromarray(data.retina()).save(target, format="PNG")
+    return target
+
+
+def _provenance(name: str) -> Provenance:
+    for prefix, provenance in _SDIST_PROVENANCE.items():
+        if name.startswith(prefix):
+            return provenance
+    return _UNKNOWN_PROVENANCE
+
+
+def _sniff_format(path: Path) -> str:
+    with path.open("rb") as stream:
+        head = stream.read(132)
+    for magic, offset, name in _MAGIC:
+        if head[offset : offset + len(magic)] == magic:
+            return name
+    return "unknown"
+
+
+def _entry(path: Path, provenance: Provenance, package: str, version: str, fetched_on: str) -> dict[str, Any]:
+    return {
+        "name": path.name,
+        "sha256": _sha256(path),
+        "size": path.stat().st_size,
+        "format": _sniff_format(path),
+        "dataset": provenance.dataset,
+        "license": provenance.license,
+        "license_source": provenance.license_source,
+        "package": package,
+        "package_version": version,
+        "fetched_on": fetched_on,
+    }
+
+
+def _write_manifest(dest: Path, entries: list[dict[str, Any]]) -> None:
+    path = dest / MANIFEST_NAME
+    staging = path.with_suffix(".json.tmp")
+    ordered = sorted(entries, key=lambda e: e["name"])
+    staging.write_text(json.dumps(ordered, indent=2) + "\n", encoding="utf-8")
+    # Replaced in one step: a crash never leaves a manifest that vouches for half the files.
+    staging.replace(path)
