@@ -1,0 +1,269 @@
+"""The public scoring API: ``load_model()`` and ``QualityModel.score()``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .grading import Thresholds
+from .io import FundusImage, ImageReadError, read_image
+from .models import create_model, is_model
+from .preprocess import NoFundusError, preprocess
+from .weights import ModelConfig, load_weights
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "fthnet_s"
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class UntrainedModelWarning(UserWarning):
+    """Scores from randomly initialised weights mean nothing."""
+
+
+# Shown on every score call, not once per process: an untrained gate must never go unnoticed.
+warnings.simplefilter("always", UntrainedModelWarning)
+
+
+@dataclass
+class ScoreResult:
+    """One image's verdict. ``error`` is set (and score/class are None) when the image could not be scored."""
+
+    path: str | None
+    score: float | None = None
+    quality_class: str | None = None
+    probabilities: dict[str, float] | None = None
+    laterality: str | None = None
+    patient_id: str | None = None
+    study_uid: str | None = None
+    sop_instance_uid: str | None = None
+    model: str = ""
+    trained: bool = False
+    timing_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record; the class is under the key ``class``."""
+        record = asdict(self)
+        record["class"] = record.pop("quality_class")
+        return record
+
+
+class QualityModel:
+    """A quality model ready to score images: network, preprocessing and thresholds together."""
+
+    def __init__(self, network: torch.nn.Module, config: ModelConfig, name: str, device: torch.device):
+        self.network = network.eval().to(device)
+        self.config = config
+        self.name = name
+        self.device = device
+        self.input_size = int(getattr(network, "img_size", 384))
+
+    @property
+    def trained(self) -> bool:
+        return self.config.trained
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return self.config.thresholds
+
+    def __repr__(self) -> str:
+        state = "trained" if self.trained else "UNTRAINED"
+        return f"QualityModel({self.name!r}, arch={self.config.arch}, device={self.device}, {state})"
+
+    @torch.inference_mode()
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Scores 0-100 for a preprocessed (B, 3, S, S) batch."""
+        quality = self.network(batch.to(self.device, non_blocking=True))
+        return (quality.float() * 100.0).clamp_(0.0, 100.0).cpu()
+
+    def score(
+        self,
+        inputs: Any,
+        *,
+        batch_size: int = 8,
+        workers: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[ScoreResult]:
+        """Score images given as paths, bytes, numpy arrays, PIL images or FundusImage objects.
+
+        Always returns one ScoreResult per input, in order; an image that cannot
+        be read or has no visible fundus gets a result with ``error`` set rather
+        than an exception, so one bad capture never hides the others.
+        ``progress`` is called with the number of images finished after each batch.
+        """
+        items = _as_list(inputs)
+        if not self.trained:
+            message = (
+                f"model {self.name!r} has no trained weights: its scores are meaningless. "
+                "Load trained weights with pyfundus.load_model(PATH)."
+            )
+            warnings.warn(message, UntrainedModelWarning, stacklevel=2)
+        results: list[ScoreResult] = []
+        workers = workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pyfundus-read") as pool:
+            prepared = _prefetch(pool, self._prepare, items, depth=2 * batch_size)
+            for chunk in _chunks(prepared, batch_size):
+                results.extend(self._score_prepared(chunk))
+                if progress is not None:
+                    progress(len(chunk))
+        return results
+
+    def _prepare(self, item: Any) -> tuple[ScoreResult, np.ndarray | None]:
+        """Read and preprocess one input (runs in a worker thread)."""
+        path = _describe(item)
+        result = ScoreResult(path=path, model=self.name, trained=self.trained)
+        started = time.perf_counter()
+        try:
+            image = item if isinstance(item, FundusImage) else read_image(item, min_side=self.input_size)
+            read_done = time.perf_counter()
+            tensor, _ = preprocess(image.pixels, self.input_size)
+        except ImageReadError as exc:  # its message already names the file
+            return _failed(result, str(exc), started)
+        except NoFundusError as exc:
+            return _failed(result, f"{path or 'image'}: {exc}", started)
+        except Exception as exc:  # a decoder bug must cost one image, not the whole batch
+            log.exception("unexpected failure while reading an image")
+            return _failed(result, f"{path or 'image'}: unexpected error while reading ({type(exc).__name__}: {exc})", started)
+        result.laterality = image.laterality
+        result.patient_id = image.patient_id
+        result.study_uid = image.study_uid
+        result.sop_instance_uid = image.sop_instance_uid
+        result.warnings.extend(image.warnings)
+        result.timing_ms["read"] = (read_done - started) * 1000.0
+        result.timing_ms["preprocess"] = _ms(read_done)
+        return result, tensor
+
+    def _score_prepared(self, chunk: Sequence[tuple[ScoreResult, np.ndarray | None]]) -> list[ScoreResult]:
+        ready = [(result, tensor) for result, tensor in chunk if tensor is not None]
+        if ready:
+            batch = torch.from_numpy(np.stack([tensor for _, tensor in ready]))
+            started = time.perf_counter()
+            scores = self.predict(batch).tolist()
+            per_image = _ms(started) / len(ready)
+            for (result, _), score in zip(ready, scores):
+                result.score = round(float(score), 3)
+                result.quality_class = self.thresholds.classify(result.score)
+                result.probabilities = self.thresholds.probabilities(result.score)
+                result.timing_ms["model"] = per_image
+                result.timing_ms["total"] = sum(result.timing_ms.values())
+                if not self.trained:
+                    result.warnings.append("untrained model: score is meaningless")
+        return [result for result, _ in chunk]
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    thresholds: Thresholds | None = None,
+) -> QualityModel:
+    """Load a quality model by registry name (shipped weights when present) or from a .safetensors file.
+
+    ``device``: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
+    ``thresholds`` overrides the class thresholds stored with the weights.
+    A registered name without shipped weights gives an untrained model and says so.
+    """
+    name_or_path = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    device = _resolve_device(device)
+    if is_model(name_or_path):
+        shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+        if shipped.exists():
+            return _from_file(shipped, device, thresholds, name=name_or_path)
+        config = ModelConfig(arch=name_or_path)
+        network = create_model(name_or_path)
+        if thresholds is not None:
+            config.thresholds = thresholds
+        return QualityModel(network, config, name_or_path, device)
+    path = Path(name_or_path)
+    if not path.exists():
+        from .models import list_models
+
+        raise FileNotFoundError(
+            f"{name_or_path!r} is neither a registered model ({', '.join(list_models())}) nor an existing file"
+        )
+    return _from_file(path, device, thresholds, name=path.stem)
+
+
+def _from_file(path: Path, device: torch.device, thresholds: Thresholds | None, name: str) -> QualityModel:
+    state, config = load_weights(path)
+    network = create_model(config.arch, **config.arch_kwargs)
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: weights do not match architecture {config.arch} "
+            f"(missing {len(missing)} tensors, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
+        )
+    if thresholds is not None:
+        config.thresholds = thresholds
+    return QualityModel(network, config, name, device)
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return device
+
+
+def _as_list(inputs: Any) -> list[Any]:
+    if isinstance(inputs, (str, os.PathLike, bytes, np.ndarray, FundusImage)) or hasattr(inputs, "getbands"):
+        return [inputs]  # one image (hasattr: a PIL image, without importing PIL here)
+    return list(inputs)
+
+
+def _describe(item: Any) -> str | None:
+    if isinstance(item, (str, os.PathLike)):
+        return os.fspath(item)
+    if isinstance(item, FundusImage):
+        return item.path
+    return None
+
+
+def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator:
+    """Like pool.map, but keeps at most ``depth`` items in flight so memory stays bounded."""
+    pending: deque[Future] = deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= depth:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for item in iterator:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _failed(result: ScoreResult, error: str, started: float) -> tuple[ScoreResult, None]:
+    result.error = error
+    result.timing_ms["total"] = _ms(started)
+    return result, None
+
+
+def _ms(started: float) -> float:
+    return (time.perf_counter() - started) * 1000.0

@@ -1,0 +1,365 @@
+"""The ``pyfundus`` command line.
+
+Heavy modules (torch, the model) are imported inside each command so that
+``pyfundus --help`` and argument errors answer instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad arguments or an unusable model: the one case the CLI exits non-zero."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"pyfundus: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyfundus", description="Fundus photograph quality gate.")
+    parser.add_argument("--version", action="version", version=f"pyfundus {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_score(commands)
+    _add_data(commands)
+    _add_train(commands)
+    _add_eval(commands)
+    return parser
+
+
+# ---- pyfundus score -----------------------------------------------------------
+
+
+def _add_score(commands) -> None:
+    p = commands.add_parser(
+        "score",
+        help="score fundus photographs (files, folders, globs)",
+        description="Score each image 0-100 and grade it Good / Usable / Reject. "
+        "Per-file problems are reported per file; the exit status is non-zero only for usage errors.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns (quote globs)")
+    p.add_argument("-m", "--model", default=None, help="registered model name or .safetensors file (default: shipped model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8, help="images per model call (default: 8)")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print one JSON array of records")
+    fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
+    p.add_argument("--reject-below", type=float, help="override the model's Reject threshold (score)")
+    p.add_argument("--good-from", type=float, help="override the model's Good threshold (score)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(run=_run_score)
+
+
+CSV_COLUMNS = (
+    "path", "score", "class", "p_good", "p_usable", "p_reject", "laterality", "patient_id",
+    "study_uid", "model", "trained", "total_ms", "warnings", "error",
+)  # fmt: skip
+
+
+def _run_score(args) -> int:
+    from tqdm import tqdm
+
+    from .api import ScoreResult, UntrainedModelWarning
+
+    model = _load_model_for_cli(args.model, args.device, args.reject_below, args.good_from)
+    entries = expand_paths(args.paths, recursive=args.recursive)
+    targets = [path for path, problem in entries if problem is None]
+    if not model.trained:
+        print(f"WARNING: {model.name} has no trained weights; every score below is meaningless.", file=sys.stderr)
+    with warnings.catch_warnings(), tqdm(
+        total=len(targets), unit="img", disable=args.no_progress or None, file=sys.stderr
+    ) as bar:
+        warnings.simplefilter("ignore", UntrainedModelWarning)  # the banner above already said it
+        scored = {r.path: r for r in model.score(targets, batch_size=args.batch_size, progress=bar.update)}
+    ordered = [
+        scored[path] if problem is None
+        else ScoreResult(path=path, model=model.name, trained=model.trained, error=f"{path}: {problem}")
+        for path, problem in entries
+    ]
+    if args.json:
+        json.dump([r.to_dict() for r in ordered], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif args.csv:
+        _write_csv(ordered, sys.stdout)
+    else:
+        _write_table(ordered, sys.stdout)
+    return 0
+
+
+def _load_model_for_cli(name, device, reject_below, good_from):
+    from .api import load_model
+    from .grading import Thresholds
+
+    try:
+        model = load_model(name, device=device)
+        if reject_below is not None or good_from is not None:
+            current = model.thresholds
+            model.config.thresholds = Thresholds(
+                reject_below=current.reject_below if reject_below is None else reject_below,
+                good_from=current.good_from if good_from is None else good_from,
+                temperature=current.temperature,
+                calibrated=False,
+            )
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise UsageError(str(exc)) from exc
+    return model
+
+
+def expand_paths(arguments: list[str], recursive: bool = False) -> list[tuple[str, str | None]]:
+    """(path, problem) pairs in argument order; problem is None for a file to score.
+
+    Folders contribute every non-hidden regular file (sorted), so a stray
+    non-image shows up in the output as an error rather than vanishing.
+    """
+    entries: list[tuple[str, str | None]] = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            entries.extend((path, None) for path in _folder_files(Path(argument), recursive))
+        elif os.path.lexists(argument):
+            entries.append((argument, None))
+        elif glob.has_magic(argument):
+            files = [m for m in sorted(glob.glob(argument, recursive=True)) if os.path.isfile(m)]
+            entries.extend((path, None) for path in files)
+            if not files:
+                entries.append((argument, "no files match this pattern"))
+        else:
+            entries.append((argument, "no such file or directory"))
+    return list(dict.fromkeys(entries))
+
+
+def _folder_files(folder: Path, recursive: bool) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
+        found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
+    return found
+
+
+def _write_table(results, stream) -> None:
+    width = max((len(r.path or "") for r in results), default=4)
+    stream.write(f"{'path':<{width}}  {'score':>6}  {'class':<7}  {'eye':<3}  note\n")
+    for r in results:
+        score = f"{r.score:6.1f}" if r.score is not None else "     -"
+        note = r.error or "; ".join(r.warnings)
+        stream.write(f"{r.path:<{width}}  {score}  {r.quality_class or '-':<7}  {r.laterality or '-':<3}  {note}\n")
+
+
+def _write_csv(results, stream) -> None:
+    writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        probs = r.probabilities or {}
+        writer.writerow(
+            {
+                "path": r.path,
+                "score": r.score,
+                "class": r.quality_class,
+                "p_good": probs.get("Good"),
+                "p_usable": probs.get("Usable"),
+                "p_reject": probs.get("Reject"),
+                "laterality": r.laterality,
+                "patient_id": r.patient_id,
+                "study_uid": r.study_uid,
+                "model": r.model,
+                "trained": r.trained,
+                "total_ms": round(r.timing_ms.get("total", 0.0), 2),
+                "warnings": "; ".join(r.warnings),
+                "error": r.error,
+            }
+        )
+
+
+# ---- pyfundus data ------------------------------------------------------------
+
+
+def _add_data(commands) -> None:
+    p = commands.add_parser("data", help="sample photos and datasets")
+    sub = p.add_subparsers(title="data commands", metavar="ACTION")
+    fetch = sub.add_parser(
+        "fetch-samples",
+        help="fetch the real sample fundus photos (pinned PyPI sdist, sha256-checked) into the cache",
+    )
+    fetch.add_argument("--dest", type=Path, help="folder to put them in (default: the pyfundus cache)")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if present and intact")
+    fetch.set_defaults(run=_run_fetch_samples)
+    proxy = sub.add_parser(
+        "build-proxy",
+        help="write degraded real and synthetic fundi with a proxy MOS, in the FQS layout",
+        description="Degrade each source photo (and synthetic fundi) several times with recorded parameters; "
+        "label each image with the proxy MOS defined in pyfundus/data/proxy.py.",
+    )
+    proxy.add_argument("--out", type=Path, required=True, help="output folder (labels.csv, images/, degradations.jsonl)")
+    proxy.add_argument("--photos", nargs="*", default=[], metavar="PATH", help="real source photos")
+    proxy.add_argument("--synthetic", type=int, default=0, help="number of synthetic source fundi (default 0)")
+    proxy.add_argument("--variants", type=_positive_int, default=10, help="degraded versions per source (default 10)")
+    proxy.add_argument("--seed", type=int, default=0, help="seed for the draws (default 0)")
+    proxy.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
+    proxy.set_defaults(run=_run_build_proxy)
+
+
+def _run_fetch_samples(args) -> int:
+    from .data.samples import SampleFetchError, fetch_samples, summary
+
+    try:
+        folder = fetch_samples(args.dest, force=args.force)
+    except SampleFetchError as exc:
+        print(f"pyfundus: could not fetch the samples: {exc}", file=sys.stderr)
+        return 1
+    print(summary(folder))
+    return 0
+
+
+def _run_build_proxy(args) -> int:
+    from .data.proxy import build_proxy
+
+    if not args.photos and not args.synthetic:
+        raise UsageError("give --photos and/or --synthetic N")
+    missing = [p for p in args.photos if not os.path.isfile(p)]
+    if missing:
+        raise UsageError(f"no such photo: {', '.join(missing)}")
+    records = build_proxy(args.photos, args.out, synthetic=args.synthetic, variants=args.variants, seed=args.seed, workers=args.workers)
+    counts = {level: sum(r.level == level for r in records) for level in ("Good", "Usable", "Reject")}
+    print(f"{len(records)} images in {args.out}: " + ", ".join(f"{n} {level}" for level, n in counts.items()))
+    return 0
+
+
+# ---- pyfundus train -----------------------------------------------------------
+
+
+def _add_train(commands) -> None:
+    from_defaults = "(default: %(default)s)"
+    p = commands.add_parser(
+        "train",
+        help="train a quality model on a dataset in the FQS layout",
+        description="Adam with warm-up and linear annealing, smooth L1 on MOS/100, flips and random crops, "
+        "EMA weights; checkpoints are safetensors. Progress shows the loss and validation SRCC/PLCC.",
+    )
+    p.add_argument("--data", required=True, help="folder with labels.csv and images/ (FQS layout)")
+    p.add_argument("--out", default="runs/train", help=f"output folder {from_defaults}")
+    p.add_argument("--model", default="fthnet_s", help=f"registered architecture {from_defaults}")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
+                   help='architecture argument, e.g. --model-arg shift=false --model-arg "depths=[2,2,2,2]"')
+    p.add_argument("--steps", type=_positive_int, default=2000, help=f"optimiser steps {from_defaults}")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help=from_defaults)
+    p.add_argument("--lr", type=float, default=1e-4, help=f"peak learning rate {from_defaults}")
+    p.add_argument("--warmup-steps", type=int, default=100, help=from_defaults)
+    p.add_argument("--hyper-lr-ratio", type=float, default=0.1, help=f"hypernetwork lr / backbone lr {from_defaults}")
+    p.add_argument("--loss", choices=("smooth_l1", "l1", "l2"), default="smooth_l1")
+    p.add_argument("--class-weight", type=float, default=0.0, help="weight of a 3-way class head (0: no head)")
+    p.add_argument("--cause-weight", type=float, default=0.0, help="weight of the cause head (0: no head)")
+    p.add_argument("--ema-decay", type=float, default=0.99, help=from_defaults)
+    p.add_argument("--amp", choices=("bf16", "off"), default="bf16", help=f"CPU autocast {from_defaults}")
+    p.add_argument("--val-fraction", type=float, default=0.1, help=f"share of source photos held for validation {from_defaults}")
+    p.add_argument("--eval-every", type=_positive_int, default=200, help=from_defaults)
+    p.add_argument("--seed", type=int, default=0, help=from_defaults)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from .train import TrainConfig, train
+
+    model_kwargs = {}
+    for item in args.model_arg:
+        key, _, value = item.partition("=")
+        try:
+            model_kwargs[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--model-arg {item!r}: the value must be JSON ({exc})") from exc
+    try:
+        config = TrainConfig(
+            data=args.data, out=args.out, model=args.model, model_kwargs=model_kwargs, steps=args.steps,
+            batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+            hyper_lr_ratio=args.hyper_lr_ratio, loss=args.loss, class_weight=args.class_weight,
+            cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
+            val_fraction=args.val_fraction, eval_every=args.eval_every, seed=args.seed, device=args.device,
+        )  # fmt: skip
+        path = train(config, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(path)
+    return 0
+
+
+# ---- pyfundus eval ------------------------------------------------------------
+
+
+def _add_eval(commands) -> None:
+    p = commands.add_parser(
+        "eval",
+        help="evaluate a model (or the BRISQUE baseline) on labelled data",
+        description="PLCC, SRCC, RMSE, 3-class accuracy and quadratic-weighted kappa, per-degradation breakdown; "
+        "writes report.json, scatter.png and confusion.png.",
+    )
+    p.add_argument("--model", default=None, help="model name, .safetensors file, or 'brisque' (default: shipped model)")
+    p.add_argument("--data", required=True, help="folder in the FQS layout, or a label CSV (EyeQ or generic)")
+    p.add_argument("--out", default="runs/eval", help="report folder (default: runs/eval)")
+    p.add_argument("--split", choices=("all", "test"), default="all",
+                   help="evaluate on all images, or on the test side of the split protocol (default: all)")
+    p.add_argument("--protocol", choices=("paper", "kfold"), default="paper")
+    p.add_argument("--rounds", type=_positive_int, default=1, help="split rounds (the paper used 10)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from .evaluate import run_eval
+
+    try:
+        summary = run_eval(
+            args.model or "fthnet_s", args.data, split=None if args.split == "all" else args.split,
+            protocol=args.protocol, seed=args.seed, rounds=args.rounds, out_dir=args.out,
+            batch_size=args.batch_size, device=args.device,
+        )  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2, default=float)
+        sys.stdout.write("\n")
+    else:
+        for key, value in summary.items():
+            if not isinstance(value, (dict, list)):
+                print(f"{key:>24}: {value}")
+        print(f"report written to {args.out}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""`pyfundus score` and the Python scoring API, end to end on real and broken files."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from skimage import data as skdata
+
+import pyfundus
+from pyfundus.api import ScoreResult, UntrainedModelWarning, load_model
+from pyfundus.cli import expand_paths, main
+from pyfundus.grading import Thresholds
+from pyfundus.weights import ModelConfig, load_weights, save_weights
+
+OPHTHALMIC_PHOTOGRAPHY_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+
+
+def write_dicom(path, rgb, laterality="R", patient_id="PAT-001"):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = OPHTHALMIC_PHOTOGRAPHY_8BIT
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = OPHTHALMIC_PHOTOGRAPHY_8BIT
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.PatientID = patient_id
+    ds.ImageLaterality = laterality
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel = 3
+    ds.PhotometricInterpretation = "RGB"
+    ds.PlanarConfiguration = 0
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = np.ascontiguousarray(rgb).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def retina():
+    return skdata.retina()
+
+
+@pytest.fixture(scope="module")
+def captures(tmp_path_factory, retina):
+    """A camera-like folder: a real photo, a DICOM, a corrupt JPEG, a text file, a blank frame."""
+    folder = tmp_path_factory.mktemp("captures")
+    Image.fromarray(retina).save(folder / "a_retina.jpg", quality=92)
+    write_dicom(folder / "b_capture.dcm", retina[::2, ::2])
+    good = (folder / "a_retina.jpg").read_bytes()
+    (folder / "c_truncated.jpg").write_bytes(good[: len(good) // 3])
+    (folder / "d_notes.txt").write_text("patient was blinking\n")
+    Image.fromarray(np.zeros((600, 800, 3), np.uint8)).save(folder / "e_blank.png")
+    (folder / ".hidden.jpg").write_bytes(good)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)
+        return load_model("fthnet_s")
+
+
+def run_cli(*args):
+    out, err = io.StringIO(), io.StringIO()
+    sys_stdout, sys_stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        code = main(list(args))
+    finally:
+        sys.stdout, sys.stderr = sys_stdout, sys_stderr
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_score_folder_json(captures):
+    code, out, err = run_cli("score", str(captures), "--json", "--no-progress")
+    assert code == 0
+    records = {r["path"].rsplit("/", 1)[-1]: r for r in json.loads(out)}
+    assert sorted(records) == ["a_retina.jpg", "b_capture.dcm", "c_truncated.jpg", "d_notes.txt", "e_blank.png"]
+    for name in ("a_retina.jpg", "b_capture.dcm"):
+        record = records[name]
+        assert record["error"] is None
+        assert 0 <= record["score"] <= 100
+        assert record["class"] in ("Good", "Usable", "Reject")
+        assert abs(sum(record["probabilities"].values()) - 1) < 1e-6
+        assert {"path", "score", "class", "probabilities", "error"} <= set(record)
+    assert records["b_capture.dcm"]["laterality"] == "R"
+    assert records["b_capture.dcm"]["patient_id"] == "PAT-001"
+    assert "truncated" in records["c_truncated.jpg"]["error"]
+    assert "c_truncated.jpg" in records["c_truncated.jpg"]["error"]
+    assert "not an image" in records["d_notes.txt"]["error"]
+    assert "e_blank.png" in records["e_blank.png"]["error"]
+    for name in ("c_truncated.jpg", "d_notes.txt", "e_blank.png"):
+        assert records[name]["score"] is None and records[name]["class"] is None
+    # Without trained weights the tool says so, in the output and on stderr.
+    assert records["a_retina.jpg"]["trained"] is False
+    assert "untrained" in " ".join(records["a_retina.jpg"]["warnings"])
+    assert "no trained weights" in err
+
+
+def test_score_csv_and_table(captures):
+    code, out, _ = run_cli("score", str(captures / "a_retina.jpg"), str(captures / "d_notes.txt"), "--csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["a_retina.jpg", "d_notes.txt"]
+    assert float(rows[0]["score"]) >= 0 and rows[0]["error"] == ""
+    assert rows[1]["score"] == "" and "not an image" in rows[1]["error"]
+
+    code, out, _ = run_cli("score", str(captures / "a_retina.jpg"))
+    assert code == 0
+    assert out.splitlines()[0].split()[:3] == ["path", "score", "class"]
+    assert "a_retina.jpg" in out.splitlines()[1]
+
+
+def test_globs_missing_paths_and_identical_results(captures, model):
+    code, out, _ = run_cli("score", str(captures / "*.jpg"), str(captures / "missing.jpg"), "--json")
+    assert code == 0
+    records = json.loads(out)
+    names = [r["path"].rsplit("/", 1)[-1] for r in records]
+    assert names == ["a_retina.jpg", "c_truncated.jpg", "missing.jpg"]
+    assert "no such file" in records[-1]["error"]
+    # The CLI and the Python API give the same number for the same file.
+    api_score = model.score(str(captures / "a_retina.jpg"))[0].score
+    assert records[0]["score"] == pytest.approx(api_score, abs=1e-3)
+
+
+def test_usage_errors_exit_nonzero(tmp_path):
+    assert run_cli("score", "x.jpg", "--model", str(tmp_path / "nope.safetensors"))[0] == 2
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("score")  # no PATH
+    assert exit_info.value.code == 2
+    pickle_file = tmp_path / "weights.pt"
+    pickle_file.write_bytes(b"not safetensors")
+    code, _, err = run_cli("score", "x.jpg", "--model", str(pickle_file))
+    assert code == 2 and "only .safetensors" in err
+
+
+def test_expand_paths_recursive(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    (tmp_path / "sub" / "b.jpg").write_bytes(b"x")
+    flat = [p for p, problem in expand_paths([str(tmp_path)])]
+    deep = [p for p, problem in expand_paths([str(tmp_path)], recursive=True)]
+    assert [p.rsplit("/", 1)[-1] for p in flat] == ["a.jpg"]
+    assert [p.rsplit("/", 1)[-1] for p in deep] == ["a.jpg", "b.jpg"]
+
+
+def test_api_accepts_arrays_and_warns_every_call(model, retina):
+    for _ in range(2):
+        with pytest.warns(UntrainedModelWarning):
+            (result,) = model.score(retina)
+    assert isinstance(result, ScoreResult) and result.ok and result.path is None
+    assert set(result.timing_ms) >= {"read", "preprocess", "model", "total"}
+    many = model.score([retina, np.zeros((300, 300, 3), np.uint8), retina], batch_size=2)
+    assert [r.ok for r in many] == [True, False, True]
+    assert many[0].score == pytest.approx(many[2].score, abs=1e-3)
+
+
+def test_weights_round_trip_and_thresholds(tmp_path, model, retina):
+    config = ModelConfig(arch="fthnet_s", thresholds=Thresholds(30, 60, calibrated=True), trained=True)
+    path = save_weights(model.network, tmp_path / "m.safetensors", config)
+    _, read_back = load_weights(path)
+    assert read_back.thresholds == config.thresholds and read_back.trained
+    reloaded = load_model(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)  # trained: no warning
+        (result,) = reloaded.score(retina)
+    assert result.trained and result.warnings == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)
+        (original,) = model.score(retina)
+    assert result.score == pytest.approx(original.score, abs=1e-3)
+    assert result.quality_class == Thresholds(30, 60).classify(result.score)
+
+
+def test_thresholds_and_probabilities_agree():
+    t = Thresholds(reject_below=40, good_from=70)
+    for score in np.arange(0.25, 100, 0.5):  # off the thresholds, where two classes tie
+        probs = t.probabilities(float(score))
+        assert abs(sum(probs.values()) - 1) < 1e-9
+        assert max(probs, key=probs.get) == t.classify(float(score))
+    assert t.classify(39.99) == "Reject" and t.classify(40) == "Usable" and t.classify(70) == "Good"
+    with pytest.raises(ValueError):
+        Thresholds(reject_below=70, good_from=40)
+
+
+def test_installed_console_script(captures):
+    completed = subprocess.run(
+        [sys.executable, "-m", "pyfundus.cli", "score", str(captures / "a_retina.jpg"), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(completed.stdout)[0]["error"] is None
+    assert pyfundus.__version__ in subprocess.run(
+        ["pyfundus", "--version"], capture_output=True, text=True, check=True
+    ).stdout
