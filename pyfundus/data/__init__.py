@@ -1,1 +1,2 @@
-"""Sample data for pyfundus: real fundus photographs fetched on demand (see ``samples``)."""
+"""Data: real sample photos (samples), synthetic fundi (synth), degradations (degrade),
+labelled datasets and splits (datasets), and the FQS-proxy builder (proxy)."""
