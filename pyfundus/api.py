@@ -43,6 +43,8 @@ class ScoreResult:
     score: float | None = None
     quality_class: str | None = None
     probabilities: dict[str, float] | None = None
+    reason: str | None = None  # for Usable/Reject: the most likely cause and what to do about it
+    causes: dict[str, float] | None = None  # predicted severity per cause, when the model has a cause head
     laterality: str | None = None
     patient_id: str | None = None
     study_uid: str | None = None
@@ -87,10 +89,12 @@ class QualityModel:
         return f"QualityModel({self.name!r}, arch={self.config.arch}, device={self.device}, {state})"
 
     @torch.inference_mode()
-    def predict(self, batch: torch.Tensor) -> torch.Tensor:
-        """Scores 0-100 for a preprocessed (B, 3, S, S) batch."""
-        quality = self.network(batch.to(self.device, non_blocking=True))
-        return (quality.float() * 100.0).clamp_(0.0, 100.0).cpu()
+    def predict(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Scores 0-100 and, with a cause head, per-cause severities (B, causes) for a preprocessed batch."""
+        outputs = self.network.forward_with_heads(batch.to(self.device, non_blocking=True))
+        scores = (outputs["quality"].float() * 100.0).clamp_(0.0, 100.0).cpu()
+        causes = outputs.get("cause_logits")
+        return scores, None if causes is None else torch.sigmoid(causes.float()).cpu()
 
     def score(
         self,
@@ -154,12 +158,15 @@ class QualityModel:
         if ready:
             batch = torch.from_numpy(np.stack([tensor for _, tensor in ready]))
             started = time.perf_counter()
-            scores = self.predict(batch).tolist()
+            scores, causes = self.predict(batch)
             per_image = _ms(started) / len(ready)
-            for (result, _), score in zip(ready, scores):
-                result.score = round(float(score), 3)
+            for i, (result, _) in enumerate(ready):
+                result.score = round(float(scores[i]), 3)
                 result.quality_class = self.thresholds.classify(result.score)
                 result.probabilities = self.thresholds.probabilities(result.score)
+                if causes is not None:
+                    result.causes = dict(zip(self.config.causes, causes[i].tolist()))
+                    result.reason = _reason(result.quality_class, result.causes)
                 result.timing_ms["model"] = per_image
                 result.timing_ms["total"] = sum(result.timing_ms.values())
                 if not self.trained:
@@ -257,6 +264,16 @@ def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _reason(quality_class: str, causes: dict[str, float]) -> str | None:
+    """One actionable reason for a Usable or Reject verdict: the cause with the highest predicted severity."""
+    from .data.degrade import ACTIONS
+
+    if quality_class == "Good" or not causes:
+        return None
+    cause = max(causes, key=causes.get)
+    return f"{cause}: {ACTIONS[cause]}"
 
 
 def _failed(result: ScoreResult, error: str, started: float) -> tuple[ScoreResult, None]:

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .progress import progress_bar
 
 EXIT_USAGE = 2
 
@@ -76,14 +77,12 @@ def _add_score(commands) -> None:
 
 
 CSV_COLUMNS = (
-    "path", "score", "class", "p_good", "p_usable", "p_reject", "laterality", "patient_id",
+    "path", "score", "class", "p_good", "p_usable", "p_reject", "reason", "laterality", "patient_id",
     "study_uid", "model", "trained", "total_ms", "warnings", "error",
 )  # fmt: skip
 
 
 def _run_score(args) -> int:
-    from tqdm import tqdm
-
     from .api import ScoreResult, UntrainedModelWarning
 
     model = _load_model_for_cli(args.model, args.device, args.reject_below, args.good_from)
@@ -91,8 +90,8 @@ def _run_score(args) -> int:
     targets = [path for path, problem in entries if problem is None]
     if not model.trained:
         print(f"WARNING: {model.name} has no trained weights; every score below is meaningless.", file=sys.stderr)
-    with warnings.catch_warnings(), tqdm(
-        total=len(targets), unit="img", disable=args.no_progress or None, file=sys.stderr
+    with warnings.catch_warnings(), progress_bar(
+        len(targets), desc="scoring", unit="img", enabled=not args.no_progress and len(targets) > 1
     ) as bar:
         warnings.simplefilter("ignore", UntrainedModelWarning)  # the banner above already said it
         scored = {r.path: r for r in model.score(targets, batch_size=args.batch_size, progress=bar.update)}
@@ -165,7 +164,7 @@ def _write_table(results, stream) -> None:
     stream.write(f"{'path':<{width}}  {'score':>6}  {'class':<7}  {'eye':<3}  note\n")
     for r in results:
         score = f"{r.score:6.1f}" if r.score is not None else "     -"
-        note = r.error or "; ".join(r.warnings)
+        note = r.error or "; ".join(([r.reason] if r.reason else []) + r.warnings)
         stream.write(f"{r.path:<{width}}  {score}  {r.quality_class or '-':<7}  {r.laterality or '-':<3}  {note}\n")
 
 
@@ -182,6 +181,7 @@ def _write_csv(results, stream) -> None:
                 "p_good": probs.get("Good"),
                 "p_usable": probs.get("Usable"),
                 "p_reject": probs.get("Reject"),
+                "reason": r.reason,
                 "laterality": r.laterality,
                 "patient_id": r.patient_id,
                 "study_uid": r.study_uid,
@@ -259,9 +259,11 @@ def _add_train(commands) -> None:
         description="Adam with warm-up and linear annealing, smooth L1 on MOS/100, flips and random crops, "
         "EMA weights; checkpoints are safetensors. Progress shows the loss and validation SRCC/PLCC.",
     )
-    p.add_argument("--data", required=True, help="folder with labels.csv and images/ (FQS layout)")
+    p.add_argument("--data", required=True, nargs="+", metavar="FOLDER",
+                   help="one or more folders with labels.csv and images/ (FQS layout), used together")
     p.add_argument("--out", default="runs/train", help=f"output folder {from_defaults}")
-    p.add_argument("--model", default="fthnet_s", help=f"registered architecture {from_defaults}")
+    p.add_argument("--model", default="fthnet_s",
+                   help=f"registered architecture, or 'brisque' for the classical baseline {from_defaults}")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
                    help='architecture argument, e.g. --model-arg shift=false --model-arg "depths=[2,2,2,2]"')
     p.add_argument("--steps", type=_positive_int, default=2000, help=f"optimiser steps {from_defaults}")
@@ -279,11 +281,14 @@ def _add_train(commands) -> None:
     p.add_argument("--seed", type=int, default=0, help=from_defaults)
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
+    p.add_argument("--stop-at", type=_positive_int, help="end this run at that step, state saved (continue with --resume)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
+    if args.model == "brisque":
+        return _fit_brisque(args)
     from .train import TrainConfig, train
 
     model_kwargs = {}
@@ -301,10 +306,29 @@ def _run_train(args) -> int:
             cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
             val_fraction=args.val_fraction, eval_every=args.eval_every, seed=args.seed, device=args.device,
         )  # fmt: skip
-        path = train(config, resume=args.resume, progress=not args.no_progress)
+        path = train(config, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
     print(path)
+    return 0
+
+
+def _fit_brisque(args) -> int:
+    """The classical baseline trains on the same data and split as a network would."""
+    from .data.datasets import PYFUNDUS_LEVELS, load_fqs, split_records
+    from .models.brisque import BrisqueSVR
+
+    records = [
+        r for folder in args.data
+        for r in load_fqs(Path(folder) / "labels.csv", Path(folder) / "images", level_names=PYFUNDUS_LEVELS)
+    ]  # fmt: skip
+    split = split_records(records, seed=0, fractions=(1.0 - args.val_fraction, 0.0, args.val_fraction))
+    with progress_bar(len(split["train"]), desc="BRISQUE features", unit="img", enabled=not args.no_progress) as bar:
+        model = BrisqueSVR().fit(split["train"], progress=bar.update)
+    out = Path(args.out) / "brisque.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    print(out)
     return 0
 
 
@@ -321,14 +345,17 @@ def _add_eval(commands) -> None:
     p.add_argument("--model", default=None, help="model name, .safetensors file, or 'brisque' (default: shipped model)")
     p.add_argument("--data", required=True, help="folder in the FQS layout, or a label CSV (EyeQ or generic)")
     p.add_argument("--out", default="runs/eval", help="report folder (default: runs/eval)")
-    p.add_argument("--split", choices=("all", "test"), default="all",
-                   help="evaluate on all images, or on the test side of the split protocol (default: all)")
+    p.add_argument("--split", choices=("all", "train", "test", "val"), default="all",
+                   help="all images, or one side of the split protocol (default: all). A pretrained model is "
+                   "evaluated as it is: use 'all' on data it never saw, or its own split, or its training images leak in")
     p.add_argument("--protocol", choices=("paper", "kfold"), default="paper")
     p.add_argument("--rounds", type=_positive_int, default=1, help="split rounds (the paper used 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=_positive_int, default=2, help="processes for BRISQUE features (default 2)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_eval)
 
 
@@ -339,7 +366,7 @@ def _run_eval(args) -> int:
         summary = run_eval(
             args.model or "fthnet_s", args.data, split=None if args.split == "all" else args.split,
             protocol=args.protocol, seed=args.seed, rounds=args.rounds, out_dir=args.out,
-            batch_size=args.batch_size, device=args.device,
+            batch_size=args.batch_size, device=args.device, workers=args.workers, progress=not args.no_progress,
         )  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
@@ -347,9 +374,12 @@ def _run_eval(args) -> int:
         json.dump(summary, sys.stdout, indent=2, default=float)
         sys.stdout.write("\n")
     else:
-        for key, value in summary.items():
-            if not isinstance(value, (dict, list)):
-                print(f"{key:>24}: {value}")
+        for name, stats in summary["metrics"].items():
+            if name.startswith("n"):  # counts
+                print(f"{name:>12}: {stats['mean']:g}")
+                continue
+            spread = f" ± {stats['std']:.4f}" if stats["n_rounds"] > 1 else ""
+            print(f"{name:>12}: {stats['mean']:.4f}{spread}")
         print(f"report written to {args.out}")
     return 0
 

@@ -1,0 +1,366 @@
+"""Training: `pyfundus train` and ``train(TrainConfig)``.
+
+The FTHNet recipe (REFERENCE.md section 1): Adam, linear warm-up then linear
+annealing, smooth L1 on MOS/100, flips and random crops, an EMA of the weights,
+the hypernetwork on a smaller learning rate. Optional heads: a 3-way class head
+(cross-entropy) and a cause head that predicts each degradation cause's
+severity (binary cross-entropy on soft targets), so a verdict can say why.
+
+Outputs in ``out``: ``model.safetensors`` (EMA weights, calibrated thresholds,
+the training record in its metadata: what `load_model` reads), ``best.safetensors``
+(best validation SRCC), ``state.safetensors`` (everything `--resume` needs),
+``metrics.json`` (the validation history).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data.datasets import PYFUNDUS_LEVELS, QualityRecord, load_fqs, split_records
+from .grading import CLASSES, Thresholds
+from .io import ImageReadError, read_image
+from .models import create_model
+from .progress import progress_bar
+from .preprocess import NoFundusError, crop_to_field_of_view, find_field_of_view, to_model_input
+from .weights import ModelConfig, save_weights
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.safetensors"
+
+
+@dataclass
+class TrainConfig:
+    data: list[str]  # folders in the FQS layout (labels.csv + images/), used together
+    out: str = "runs/train"
+    model: str = "fthnet_s"
+    model_kwargs: dict = field(default_factory=dict)
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    hyper_lr_ratio: float = 0.1  # the hypernetwork learns 10x slower than the backbone (BasiQA)
+    loss: Literal["smooth_l1", "l1", "l2"] = "smooth_l1"
+    class_weight: float = 0.0  # > 0 adds the 3-way class head
+    cause_weight: float = 0.0  # > 0 adds the cause head (needs proxy data with recorded causes)
+    ema_decay: float = 0.99
+    amp: Literal["bf16", "off"] = "bf16"
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    eval_every: int = 200
+    seed: int = 0
+    device: str = "cpu"
+    input_size: int = 384
+    crop_jitter: float = 0.15  # train crops take 1/(1+jitter)..1 of the field of view's side
+
+    def __post_init__(self):
+        if self.loss not in ("smooth_l1", "l1", "l2"):
+            raise ValueError(f"loss must be smooth_l1, l1 or l2, not {self.loss!r}")
+        if self.amp not in ("bf16", "off"):
+            raise ValueError(f"amp must be bf16 or off, not {self.amp!r}")
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, stop_at: int | None = None) -> Path:
+    """Train a model and return the path of the final ``model.safetensors``.
+
+    ``stop_at`` ends this run early at that step with its state saved (a time-boxed
+    session on a shared machine); ``resume=True`` later continues the same schedule.
+    Returns the state file's path in that case.
+    """
+    from .data.degrade import CAUSES
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    records = [
+        record
+        for folder in config.data
+        for record in load_fqs(Path(folder) / "labels.csv", Path(folder) / "images", level_names=PYFUNDUS_LEVELS)
+    ]
+    split = split_records(
+        records, seed=config.split_seed, fractions=(1.0 - config.val_fraction, 0.0, config.val_fraction)
+    )
+    train_set, val_set = split["train"], split["val"]
+    if not train_set or not val_set:
+        raise ValueError(f"{', '.join(config.data)}: need images from several source photos for a train/validation split")
+    causes = list(CAUSES) if config.cause_weight > 0 else []
+    kwargs = {**config.model_kwargs, "num_classes": 3 if config.class_weight > 0 else 0, "num_causes": len(causes)}
+    model = create_model(config.model, **kwargs).to(config.device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(_param_groups(model, config))
+    history: list[dict] = []
+    start = 0
+    if resume:
+        start, history = _load_state(out / STATE_FILE, model, ema, optimizer)
+        log.info("resuming at step %d", start)
+    loader = _BatchLoader(train_set, config, causes)
+    best = max((h["srcc"] for h in history if not math.isnan(h["srcc"])), default=-1.0)
+    model.train()
+    with progress_bar(config.steps, initial=start, desc="training", unit="step", enabled=progress) as bar:
+        for step in range(start, min(config.steps, stop_at or config.steps)):
+            images, quality, levels, cause_targets = loader.batch(step)
+            for group in optimizer.param_groups:
+                group["lr"] = group["base_lr"] * _lr_factor(step, config)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp == "bf16"):
+                outputs = model.forward_with_heads(images.to(config.device))
+            loss = _loss(outputs, quality, levels, cause_targets, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            _update_ema(ema, model, config.ema_decay)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                metrics = {"step": step + 1, **_validate(ema, val_set, config)}
+                history.append(metrics)
+                bar.set_postfix(loss=f"{loss.item():.4f}", val_srcc=f"{metrics['srcc']:.3f}", val_plcc=f"{metrics['plcc']:.3f}")
+                if metrics["srcc"] > best:
+                    best = metrics["srcc"]
+                    save_weights(ema, out / "best.safetensors", _model_config(config, kwargs, causes, history, None))
+                _save_state(out / STATE_FILE, model, ema, optimizer, step + 1, history)
+                (out / "metrics.json").write_text(json.dumps(history, indent=2))
+                model.train()
+    loader.close()
+    if stop_at is not None and stop_at < config.steps:
+        _save_state(out / STATE_FILE, model, ema, optimizer, stop_at, history)
+        return out / STATE_FILE
+    thresholds = _calibrate(ema, val_set, config)
+    final = save_weights(ema, out / "model.safetensors", _model_config(config, kwargs, causes, history, thresholds))
+    log.info("saved %s", final)
+    return final
+
+
+# ---- data -------------------------------------------------------------------
+
+
+class _BatchLoader:
+    """Deterministic batches: the images of step k depend only on (seed, k), so a resumed run sees the same data.
+
+    The next batch is read in a background thread while the current one trains.
+    """
+
+    def __init__(self, records: list[QualityRecord], config: TrainConfig, causes: list[str]):
+        self.records, self.config, self.causes = records, config, causes
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyfundus-batch")
+        self.pending: dict[int, object] = {}
+        self.skipped: set[int] = set()
+
+    def batch(self, step: int):
+        future = self.pending.pop(step, None) or self.pool.submit(self._make, step)
+        self.pending[step + 1] = self.pool.submit(self._make, step + 1)
+        return future.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _make(self, step: int):
+        n, size = len(self.records), self.config.batch_size
+        epoch, offset = divmod(step * size, n)
+        indices = [int(i) for i in _epoch_order(self.config.seed, epoch, n)[offset : offset + size]]
+        if len(indices) < size:  # wrap into the next epoch's order
+            indices += [int(i) for i in _epoch_order(self.config.seed, epoch + 1, n)[: size - len(indices)]]
+        rng = np.random.default_rng([self.config.seed, step])
+        images, quality, levels, causes = [], [], [], []
+        for index in indices:
+            record = self.records[index]
+            image = self._augmented(record, rng)
+            if image is None:
+                continue
+            images.append(image)
+            quality.append(record.mos / 100.0)
+            levels.append(CLASSES.index(record.level) if record.level else -100)
+            causes.append([record.causes.get(c, 0.0) for c in self.causes])
+        return (
+            torch.from_numpy(np.stack(images)),
+            torch.tensor(quality, dtype=torch.float32),
+            torch.tensor(levels, dtype=torch.long),
+            torch.tensor(causes, dtype=torch.float32).reshape(len(images), len(self.causes)),
+        )
+
+    def _augmented(self, record: QualityRecord, rng: np.random.Generator) -> np.ndarray | None:
+        """FOV crop, random crop of 1/(1+jitter)..1 of its side, resize, random flips."""
+        try:
+            square = _fov_square(record.path, self.config.input_size)
+        except (ImageReadError, NoFundusError) as exc:
+            if id(record) not in self.skipped:
+                self.skipped.add(id(record))
+                log.warning("skipping a training image: %s", exc)
+            return None
+        side = square.shape[0]
+        crop = int(round(side / (1.0 + rng.uniform(0.0, self.config.crop_jitter))))
+        y, x = rng.integers(0, side - crop + 1, size=2)
+        patch = Image.fromarray(square[y : y + crop, x : x + crop])
+        patch = np.asarray(patch.resize((self.config.input_size,) * 2, Image.Resampling.BILINEAR))
+        if rng.random() < 0.5:
+            patch = patch[:, ::-1]
+        if rng.random() < 0.5:
+            patch = patch[::-1]
+        return to_model_input(np.ascontiguousarray(patch))
+
+
+def _fov_square(path, min_side: int) -> np.ndarray:
+    rgb = read_image(path, min_side=min_side).pixels
+    return crop_to_field_of_view(rgb, find_field_of_view(rgb))
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch, 7]).permutation(n)
+
+
+# ---- optimisation -----------------------------------------------------------
+
+
+def _param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict]:
+    hyper = [p for n, p in model.named_parameters() if n.startswith("hypernet.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("hypernet.")]
+    groups = [{"params": rest, "lr": config.lr, "base_lr": config.lr}]
+    if hyper:
+        lr = config.lr * config.hyper_lr_ratio
+        groups.append({"params": hyper, "lr": lr, "base_lr": lr})
+    return groups
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    remaining = config.steps - config.warmup_steps
+    return max(0.0, 1.0 - (step - config.warmup_steps) / max(1, remaining))
+
+
+def _loss(outputs, quality, levels, cause_targets, config: TrainConfig) -> torch.Tensor:
+    predicted = outputs["quality"].float()
+    regression = {"smooth_l1": F.smooth_l1_loss, "l1": F.l1_loss, "l2": F.mse_loss}[config.loss]
+    loss = regression(predicted, quality)
+    if "class_logits" in outputs and (levels >= 0).any():
+        loss = loss + config.class_weight * F.cross_entropy(outputs["class_logits"].float(), levels, ignore_index=-100)
+    if "cause_logits" in outputs:
+        loss = loss + config.cause_weight * F.binary_cross_entropy_with_logits(
+            outputs["cause_logits"].float(), cause_targets
+        )
+    return loss
+
+
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for target, source in zip(ema.parameters(), model.parameters()):
+        target.lerp_(source, 1.0 - decay)
+
+
+# ---- validation and calibration ---------------------------------------------
+
+
+@torch.no_grad()
+def _predict(model: torch.nn.Module, records: list[QualityRecord], config: TrainConfig) -> tuple[np.ndarray, list]:
+    """Scores 0-100 with the inference preprocessing (whole FOV, no crop), and the records they belong to."""
+    from .preprocess import preprocess
+
+    model.eval()
+    scores, kept = [], []
+    for start in range(0, len(records), 16):
+        batch, batch_records = [], []
+        for record in records[start : start + 16]:
+            try:
+                rgb = read_image(record.path, min_side=config.input_size).pixels
+                batch.append(preprocess(rgb, config.input_size)[0])
+                batch_records.append(record)
+            except (ImageReadError, NoFundusError):
+                continue
+        if not batch:
+            continue
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.amp == "bf16"):
+            quality = model(torch.from_numpy(np.stack(batch)).to(config.device))
+        scores.extend((quality.float().cpu() * 100).tolist())  # unclamped: ranks stay informative early on
+        kept.extend(batch_records)
+    return np.asarray(scores), kept
+
+
+def _validate(model, records, config) -> dict:
+    from .metrics import plcc, rmse, srcc
+
+    started = time.perf_counter()
+    scores, kept = _predict(model, records, config)
+    targets = np.asarray([r.mos for r in kept])
+    return {
+        "srcc": float(srcc(scores, targets)),
+        "plcc": float(plcc(scores, targets)),
+        "rmse": float(rmse(scores, targets)),
+        "n": len(kept),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def _calibrate(model, records, config) -> Thresholds | None:
+    """Class thresholds fitted on the validation images; None when they carry no classes."""
+    from .metrics import calibrate_thresholds
+
+    scores, kept = _predict(model, records, config)
+    labelled = [(s, r.level) for s, r in zip(scores, kept) if r.level]
+    if len({level for _, level in labelled}) < 3:
+        log.warning("validation data lacks some classes: keeping the default thresholds (uncalibrated)")
+        return None
+    return calibrate_thresholds(np.array([s for s, _ in labelled]), [level for _, level in labelled])
+
+
+def _model_config(config, kwargs, causes, history, thresholds) -> ModelConfig:
+    return ModelConfig(
+        arch=config.model,
+        arch_kwargs=kwargs,
+        thresholds=thresholds or Thresholds(),
+        trained=True,
+        causes=causes,
+        description=f"{config.model} trained by pyfundus train on {', '.join(Path(d).name for d in config.data)}",
+        training={"config": asdict(config), "validation": history[-1] if history else {}},
+    )
+
+
+# ---- resumable state ----------------------------------------------------------
+
+
+def _save_state(path: Path, model, ema, optimizer, step: int, history: list[dict]) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
+    tensors["rng.torch"] = torch.get_rng_state()  # drop-path draws: a resumed run continues the same stream
+    optimizer_state = optimizer.state_dict()
+    for index, state in optimizer_state["state"].items():
+        for key, value in state.items():
+            tensors[f"optim.{index}.{key}"] = value.detach().reshape(-1) if value.ndim == 0 else value.detach()
+    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in optimizer_state["param_groups"]]
+    metadata = {"step": str(step), "history": json.dumps(history), "param_groups": json.dumps(groups)}
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    temporary.replace(path)  # atomic: a crash mid-save keeps the previous state
+
+
+def _load_state(path: Path, model, ema, optimizer) -> tuple[int, list[dict]]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: nothing to resume from")
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    torch.set_rng_state(tensors["rng.torch"])
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
+    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
+    return int(metadata["step"]), json.loads(metadata["history"])
