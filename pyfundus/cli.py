@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(commands)
     _add_train(commands)
     _add_eval(commands)
+    from .daemon.cli import add_commands as add_daemon_commands  # watch, results
+
+    add_daemon_commands(commands)
     return parser
 
 

@@ -1,0 +1,214 @@
+"""``pyfundus watch`` and ``pyfundus results export``; also the ``pyfundusd`` command.
+
+Nothing heavy is imported until a command runs, so ``pyfundus --help`` stays
+instant. The watch command prints one line per verdict on stdout (the only
+prints in the daemon); everything else goes to the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import CONFIG_KEYS, OPTIONS, positive_count, positive_seconds
+from .records import Verdict
+
+log = logging.getLogger(__name__)
+
+EXIT_USAGE = 2
+
+_FLAG_TYPES = {"path": Path, "seconds": positive_seconds, "count": positive_count, "text": str}
+
+
+def add_commands(subparsers: Any) -> None:
+    """Register ``watch`` and ``results`` on an ``add_subparsers()`` object."""
+    _add_watch(subparsers)
+    _add_results(subparsers)
+
+
+def main(argv: list[str] | None = None, *, scorer: Any = None) -> int:
+    """``pyfundusd``. ``scorer``: a model-like object used instead of loading one (tests, embedding)."""
+    from pyfundus import __version__
+
+    parser = argparse.ArgumentParser(prog="pyfundusd", description="The pyfundus hot-folder quality gate.")
+    parser.add_argument("--version", action="version", version=f"pyfundusd {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="also show informational log lines on stderr")
+    add_commands(parser.add_subparsers(title="commands", metavar="COMMAND"))
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args.scorer = scorer
+    from pyfundus.cli import UsageError
+
+    try:
+        return args.run(args)
+    except UsageError as exc:
+        print(f"pyfundusd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ---- watch ----------------------------------------------------------------------
+
+
+def _add_watch(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "watch",
+        help="grade captures as they arrive in a folder (the quality-gate daemon)",
+        description="Watch a camera's output folder and score every new capture once: one line per verdict on "
+        "stdout, every verdict in a ledger in the state directory. Runs until SIGTERM or Ctrl-C, then finishes "
+        "what is queued. Flags override the --config file.",
+    )
+    p.add_argument("folder", nargs="?", type=Path, default=argparse.SUPPRESS, metavar="FOLDER",
+                   help="the folder the camera writes to (or set folder in the config file)")  # fmt: skip
+    p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML file with any of the options below")
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"help": option.help, "default": argparse.SUPPRESS, "dest": option.name}
+        if option.kind == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.kind == "globs":
+            kwargs.update(action="append", metavar=option.metavar)
+        elif option.kind == "choice":
+            kwargs["choices"] = option.choices
+        else:
+            kwargs.update(type=_FLAG_TYPES[option.kind], metavar=option.metavar)
+        p.add_argument(option.flag, **kwargs)
+    p.set_defaults(run=_run_watch)
+
+
+def _run_watch(args: argparse.Namespace) -> int:
+    from pyfundus.cli import UsageError
+
+    from .config import load_config
+    from .errors import StartupError
+    from .logs import daemon_logging
+    from .service import Daemon
+    from .sinks import SidecarWriter
+    from .statedir import prepare_state_dir
+
+    try:
+        config = load_config({k: v for k, v in vars(args).items() if k in CONFIG_KEYS}, args.config)
+        prepare_state_dir(config.state_dir)  # the log file goes there: check it first
+    except StartupError as exc:
+        raise UsageError(str(exc)) from exc
+    root = os.path.realpath(config.folder)
+    sinks: list[Any] = [VerdictPrinter(sys.stdout, root=root, json_lines=config.json)]
+    if config.sidecars is not None:
+        sinks.append(SidecarWriter(config.sidecars, root))
+    daemon = Daemon(config, scorer=getattr(args, "scorer", None), sinks=sinks)
+    verbose = getattr(args, "verbose", False)
+    with daemon_logging(config.state_dir, level=config.log_level, verbose=verbose, redactor=daemon.names):
+        try:
+            daemon.start()
+        except StartupError as exc:
+            log.info("not started: %s", exc)  # stderr gets it once, from the usage error below
+            raise UsageError(str(exc)) from exc
+        return _serve(daemon)
+
+
+def _serve(daemon: Any) -> int:
+    """Run until SIGTERM/SIGINT, then drain. A second signal stops without waiting for the queue."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            log.warning("second stop request: leaving queued captures for the next start")
+            daemon.hurry()
+        else:
+            log.info("%s received", signal.Signals(signum).name)
+            stop.set()
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        daemon.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
+
+
+class VerdictPrinter:
+    """The operator's stdout: ``time  file  score  class  eye  reason``, or one JSON object per line."""
+
+    def __init__(self, stream: TextIO, *, root: str, json_lines: bool) -> None:
+        self.stream = stream
+        self.root = root
+        self.json_lines = json_lines
+
+    def __call__(self, verdict: Verdict) -> None:
+        self.stream.write(self.format(verdict) + "\n")
+        self.stream.flush()  # a pipe would otherwise hold lines back while the patient waits
+
+    def format(self, verdict: Verdict) -> str:
+        if self.json_lines:
+            return json.dumps(verdict.to_dict())
+        name = os.path.relpath(verdict.path, self.root)
+        score = f"{verdict.score:5.1f}" if verdict.score is not None else "    -"
+        grade = verdict.quality_class or verdict.state.upper()
+        note = verdict.error or verdict.reason or "-"
+        note = note.removeprefix(f"{verdict.path}: ")  # reader errors start with the path: it is already shown
+        if verdict.duplicate_of:
+            note += f" (same image as {os.path.relpath(verdict.duplicate_of, self.root)})"
+        return f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {score}  {grade:<7}  {verdict.eye or '-'}  {note}"
+
+
+# ---- results --------------------------------------------------------------------
+
+
+def _add_results(subparsers: Any) -> None:
+    p = subparsers.add_parser("results", help="read the daemon's ledger")
+    actions = p.add_subparsers(title="results commands", metavar="ACTION")
+    p.set_defaults(run=partial(_help, p))
+    export = actions.add_parser(
+        "export",
+        help="every capture's verdict as JSON or CSV",
+        description="One record per capture (a second file name with the same content is listed under "
+        "other_paths). Safe while the daemon runs.",
+    )
+    export.add_argument(
+        "--state-dir", type=Path, metavar="DIR",
+        help="the daemon's state directory (default: $PYFUNDUS_STATE_DIR or ~/.local/state/pyfundus)",
+    )  # fmt: skip
+    export.add_argument("--format", choices=("json", "csv"), default="json", help="default: json")
+    export.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here instead of stdout")
+    export.set_defaults(run=_run_export)
+
+
+def _help(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pyfundus.cli import UsageError
+
+    from .errors import LedgerError
+    from .export import export
+    from .statedir import default_state_dir
+
+    state_dir = args.state_dir or default_state_dir()
+    try:
+        if args.output is None:
+            export(state_dir, args.format, sys.stdout)
+        else:
+            with open(args.output, "w", newline="", encoding="utf-8") as f:
+                count = export(state_dir, args.format, f)
+            print(f"{count} capture(s) written to {args.output}", file=sys.stderr)
+    except (FileNotFoundError, LedgerError) as exc:
+        raise UsageError(str(exc)) from exc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The daemon's settings: one table of options shared by the command line and the TOML config file.
+
+Precedence: built-in defaults < config file < flags. Config-file keys are the
+flag names with underscores (``state_dir = "/var/lib/pyfundus"``); relative
+paths in the file are taken relative to the file. Unknown keys are errors, so
+a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .statedir import default_state_dir
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting. ``kind`` drives both the flag's parser and the config-file check."""
+
+    name: str
+    kind: str  # path, seconds, count, bool, text, globs or choice
+    help: str
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("state_dir", "path", "ledger, lock and log folder "
+           "(default: $PYFUNDUS_STATE_DIR or ~/.local/state/pyfundus)", "DIR"),
+    Option("poll", "seconds", "poll the folder every SECONDS instead of using file events "
+           "(network shares: SMB, NFS)", "SECONDS"),
+    Option("recursive", "bool", "also watch sub-folders"),
+    Option("ignore", "globs", "ignore file names (or relative paths) matching GLOB; repeatable, adds to the built-in "
+           "temporary-file patterns", "GLOB"),
+    Option("sidecars", "path", "write one JSON verdict per capture into DIR (mirrors the folder layout)", "DIR"),
+    Option("model", "text", "registered model name or .safetensors file (default: shipped model)", "NAME|PATH"),
+    Option("device", "text", "cpu, cuda, cuda:N or auto (default: cpu)", "DEVICE"),
+    Option("batch_size", "count", "most images per model call (default: 8)", "N"),
+    Option("json", "bool", "print one JSON object per verdict instead of a text line"),
+    Option("redact_identifiers", "bool", "keep file names and patient IDs out of the log"),
+    Option("allow_inside_folder", "bool", "allow the state or sidecar folder inside the watched folder"),
+    Option("debounce", "seconds", "quiet time after a file event before looking at the file (default: 0.2)", "SECONDS"),
+    Option("settle", "seconds", "gap between the two size/mtime looks of the stability check "
+           "(default: 1.0)", "SECONDS"),
+    Option("incomplete_grace", "seconds", "how long a file that looks cut short may stay unchanged before it is "
+           "scored anyway, as truncated (default: 5)", "SECONDS"),
+    Option("reconcile_interval", "seconds", "full folder scan every SECONDS, catching anything events missed "
+           "(default: 30)", "SECONDS"),
+    Option("liveness_interval", "seconds", "how often the file-event observer is checked and restarted "
+           "(default: 1)", "SECONDS"),
+    Option("queue_size", "count", "captures waiting for the scorer before intake waits (default: 64)", "N"),
+    Option("drain_timeout", "seconds", "on SIGTERM, how long to keep scoring queued captures (default: 30)", "SECONDS"),
+    Option("log_level", "choice", "log file level (default: info)", None, ("debug", "info", "warning", "error")),
+)  # fmt: skip
+
+
+@dataclass
+class WatchConfig:
+    folder: Path
+    state_dir: Path = field(default_factory=default_state_dir)
+    poll: float | None = None
+    recursive: bool = False
+    ignore: list[str] = field(default_factory=list)
+    sidecars: Path | None = None
+    model: str | None = None
+    device: str = "cpu"
+    batch_size: int = 8
+    json: bool = False
+    redact_identifiers: bool = False
+    allow_inside_folder: bool = False
+    debounce: float = 0.2
+    settle: float = 1.0
+    incomplete_grace: float = 5.0
+    reconcile_interval: float = 30.0
+    liveness_interval: float = 1.0
+    queue_size: int = 64
+    drain_timeout: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        self.folder = Path(self.folder).expanduser()
+        self.state_dir = Path(self.state_dir).expanduser()
+        if self.sidecars is not None:
+            self.sidecars = Path(self.sidecars).expanduser()
+
+    def validate(self) -> None:
+        """Checks that need the file system: the folder exists, outputs stay out of it."""
+        if not self.folder.is_dir():
+            raise ConfigError(f"watched folder {self.folder} does not exist or is not a folder")
+        root = Path(os.path.realpath(self.folder))
+        if not self.allow_inside_folder:
+            for label, path in (("state directory", self.state_dir), ("sidecar folder", self.sidecars)):
+                # The camera folder belongs to the camera: writing there can confuse its software
+                # and, for the state directory, would make the ledger watch itself.
+                if path is not None and Path(os.path.realpath(path)).is_relative_to(root):
+                    raise ConfigError(
+                        f"the {label} {path} is inside the watched folder {self.folder}; "
+                        "choose another place, or pass --allow-inside-folder"
+                    )
+
+
+# Every WatchConfig field is settable from the file; tests check the two lists agree.
+CONFIG_KEYS = {option.name: option for option in OPTIONS} | {"folder": Option("folder", "path", "")}
+
+
+def load_config(flags: dict[str, Any], config_file: Path | None = None) -> WatchConfig:
+    """Merge the config file (if any) and the flags that were given (flags win), then validate."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    values.update({key: value for key, value in flags.items() if key in CONFIG_KEYS})
+    if "folder" not in values:
+        raise ConfigError("no folder to watch: give FOLDER or set folder in the config file")
+    config = WatchConfig(**values)
+    config.validate()
+    return config
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+        import tomli as tomllib
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(raw) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(CONFIG_KEYS))}"
+        )
+    base = Path(path).parent
+    return {key: _from_file(CONFIG_KEYS[key], value, base, path) for key, value in raw.items()}
+
+
+def _from_file(option: Option, value: Any, base: Path, source: Path) -> Any:
+    where = f"config file {source}: {option.name}"
+    if option.kind == "path":
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a path string")
+        return base / Path(value).expanduser()
+    if option.kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false")
+        return value
+    if option.kind == "globs":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{where} must be a list of strings, e.g. ["*.xml"]')
+        return value
+    if option.kind in ("text", "choice"):
+        if not isinstance(value, str) or (option.choices and value not in option.choices):
+            allowed = f" (one of {', '.join(option.choices)})" if option.choices else ""
+            raise ConfigError(f"{where} must be a string{allowed}")
+        return value
+    try:
+        return _NUMBER_PARSERS[option.kind](value)
+    except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def positive_seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("must be a number of seconds")
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {value}")
+    return seconds
+
+
+def positive_count(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError("must be a whole number")
+    count = int(value)
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {value}")
+    return count
+
+
+_NUMBER_PARSERS = {"seconds": positive_seconds, "count": positive_count}

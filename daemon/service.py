@@ -1,0 +1,244 @@
+"""The daemon: wires watcher -> intake -> work queue -> scorer -> ledger and sinks, and supervises them.
+
+Start-up order: state directory check, single-instance lock, ledger, model,
+then the threads. Captures the last run left pending are queued first; the
+first reconcile scan (immediately) then queues the backlog, the files present
+but not in the ledger. The supervisor thread restarts a dead observer, copes
+with the folder disappearing, and rescans every ``reconcile_interval``: the
+scan, not the events, is the source of truth.
+
+Stopping drains: no new intake, the scorer finishes the queue (bounded by
+``drain_timeout``), commits, and only then is the ledger closed and the lock
+released. The daemon never writes, moves or deletes anything in the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from watchdog.observers.api import BaseObserver
+
+from .config import WatchConfig
+from .errors import LedgerError, StartupError
+from .filters import PathFilter
+from .intake import Intake
+from .ledger import Ledger
+from .logs import Redactor
+from .records import FileStat, WorkItem
+from .scoring import Scorer, ScoringWorker, load_scorer
+from .sinks import Sink, SinkHub
+from .statedir import LEDGER_NAME, InstanceLock, prepare_state_dir
+from .watcher import Watcher, native_observer
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED_TWICE = (
+    "scoring this capture was interrupted twice (the daemon died while scoring it); "
+    "not retried: check the file with `pyfundus score`"
+)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: WatchConfig,
+        scorer: Scorer | None = None,
+        *,
+        sinks: Sequence[Sink] = (),
+        make_native_observer: Callable[[], BaseObserver] = native_observer,
+    ) -> None:
+        self.config = config
+        self.root = os.path.realpath(config.folder)
+        self.names = Redactor([self.root, os.path.abspath(config.folder)], enabled=config.redact_identifiers)
+        self.sinks = SinkHub(sinks)
+        excluded = [str(path) for path in (config.state_dir, config.sidecars) if path is not None]
+        self.paths = PathFilter(self.root, recursive=config.recursive, ignore=config.ignore, excluded=excluded)
+        self._scorer = scorer
+        self._make_native_observer = make_native_observer
+        self._lock = InstanceLock(config.state_dir)
+        self._stopping = threading.Event()
+        self._scan_requested = threading.Event()
+        self._folder_missing = False
+        self._supervisor: threading.Thread | None = None
+        self.ledger: Ledger | None = None
+        self.intake: Intake | None = None
+        self.scoring: ScoringWorker | None = None
+        self.watcher: Watcher | None = None
+        self.work: queue.Queue[WorkItem] | None = None
+
+    # ---- life cycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Raises StartupError (a subclass says which) when the daemon cannot run."""
+        config = self.config
+        config.validate()
+        prepare_state_dir(config.state_dir)
+        self._lock.acquire()
+        try:
+            try:
+                self.ledger = Ledger(config.state_dir / LEDGER_NAME)
+                initial = self._recover()
+            except LedgerError as exc:
+                raise StartupError(f"{exc}; is the state directory full, read-only or damaged?") from exc
+            scorer = self._scorer if self._scorer is not None else load_scorer(config.model, config.device)
+            self.work = work = queue.Queue(maxsize=config.queue_size)
+            self.intake = Intake(
+                paths=self.paths, ledger=self.ledger, work=work, sinks=self.sinks, names=self.names,
+                debounce=config.debounce, settle=config.settle, incomplete_grace=config.incomplete_grace,
+                initial=initial,
+            )  # fmt: skip
+            self.scoring = ScoringWorker(
+                scorer=scorer, work=work, ledger=self.ledger, sinks=self.sinks, names=self.names,
+                batch_size=config.batch_size, recheck=self.intake.notify,
+            )  # fmt: skip
+            self.watcher = Watcher(
+                self.root, recursive=config.recursive, poll=config.poll, on_file=self.intake.notify,
+                on_folder=self.request_reconcile, make_native=self._make_native_observer,
+            )  # fmt: skip
+            try:
+                self.watcher.start()
+            except OSError as exc:
+                raise StartupError(f"cannot watch {config.folder}: {exc.strerror or exc}") from exc
+            self.scoring.start()
+            self.intake.start()
+            self._supervisor = threading.Thread(target=self._supervise, name="pyfundus-supervisor", daemon=True)
+            self._supervisor.start()
+        except BaseException:
+            self._shutdown()
+            raise
+        log.info(
+            "watching %s (%s events, %s); %d capture(s) left pending by the last run go first",
+            "the folder" if config.redact_identifiers else self.root, self.watcher.mode,
+            "recursive" if config.recursive else "top level only", len(initial),
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Drain and stop; safe to call more than once."""
+        if self._stopping.is_set():
+            return
+        log.info("stopping: finishing queued captures, then committing")
+        self._stopping.set()
+        self._scan_requested.set()
+        self._shutdown()
+        log.info("stopped")
+
+    def hurry(self) -> None:
+        """A second stop request: leave queued captures pending for the next start."""
+        if self.scoring is not None:
+            self.scoring.hurry()
+
+    def request_reconcile(self) -> None:
+        self._scan_requested.set()
+
+    def status(self) -> dict[str, Any]:
+        """A snapshot for health checks and the operator page (counts, not file names)."""
+        return {
+            "events": self.watcher.mode if self.watcher else "stopped",
+            "folder_present": not self._folder_missing,
+            "observer_restarts": self.watcher.restarts if self.watcher else 0,
+            "settling": self.intake.settling if self.intake else 0,
+            "queued": self.work.qsize() if self.work else 0,
+            "unsaved_verdicts": self.scoring.unsaved if self.scoring else 0,
+        }
+
+    def _shutdown(self) -> None:
+        # Order matters: no new events, no new claims, then the scorer empties the queue.
+        if self._supervisor is not None:
+            self._supervisor.join()
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.intake is not None and self.intake.is_alive():
+            self.intake.stop()
+            self.intake.join()
+        if self.scoring is not None and self.scoring.is_alive():
+            self.scoring.drain(self.config.drain_timeout)
+            self.scoring.join()
+        if self.ledger is not None:
+            self.ledger.close()
+        self._lock.release()
+
+    def _recover(self) -> list[WorkItem]:
+        """Pending rows from the last run: re-score each once, alone; give up on a second interruption."""
+        assert self.ledger is not None
+        initial = []
+        for item, attempts in self.ledger.pending():
+            if attempts >= 2:
+                self.ledger.fail(item.sha256, INTERRUPTED_TWICE, time.time())
+                log.error("%s: %s", self.names.label(item.path), INTERRUPTED_TWICE)
+                continue
+            item.detected_at = time.monotonic()
+            item.solo = attempts >= 1  # it was being scored when the last run died
+            initial.append(item)
+        return initial
+
+    # ---- supervision --------------------------------------------------------
+
+    def _supervise(self) -> None:
+        next_scan = time.monotonic()  # the first scan finds the backlog
+        while not self._stopping.is_set():
+            try:
+                self._check_watcher()
+                if self._scan_requested.is_set() or time.monotonic() >= next_scan:
+                    self._scan_requested.clear()
+                    self.reconcile()
+                    next_scan = time.monotonic() + self.config.reconcile_interval
+            except Exception:
+                log.exception("supervisor check failed; trying again")
+            timeout = min(self.config.liveness_interval, max(0.0, next_scan - time.monotonic()))
+            self._scan_requested.wait(timeout)
+
+    def _check_watcher(self) -> None:
+        assert self.watcher is not None
+        if not os.path.isdir(self.root):
+            if not self._folder_missing:
+                self._folder_missing = True
+                log.error("the watched folder has disappeared; waiting for it to come back")
+                self.watcher.stop()
+            return
+        if self._folder_missing:
+            log.warning("the watched folder is back; watching it again")
+            self._restart_watcher()
+            self._folder_missing = False
+            return
+        problem = self.watcher.problem()
+        if problem is not None:
+            log.error("the file-event observer stopped (%s); restarting it and rescanning", problem)
+            self._restart_watcher()
+
+    def _restart_watcher(self) -> None:
+        assert self.watcher is not None
+        self.watcher.restart()  # an OSError here propagates: the next check tries again
+        self._scan_requested.set()  # events were missed while it was down
+
+    def reconcile(self) -> int:
+        """Scan the folder and hand intake every file the ledger does not have; returns how many.
+
+        Runs every ``reconcile_interval`` on the supervisor thread; safe to call from any thread.
+        """
+        if self._folder_missing:
+            return 0
+        assert self.ledger is not None and self.intake is not None
+        try:
+            known = self.ledger.known_files()
+        except LedgerError as exc:
+            log.error("reconcile scan skipped: %s", exc)
+            return 0
+        offered = 0
+        for path in self.paths.walk():
+            real = self.paths.resolve(path)
+            if real is None:
+                continue
+            try:
+                stat = FileStat.of(os.stat(real))
+            except OSError:
+                continue
+            if known.get(real) != stat and self.intake.notify(real, stat=stat):
+                offered += 1
+        if offered:
+            log.info("reconcile scan: %d file(s) to look at", offered)
+        return offered
