@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .grading import Thresholds
-from .io import FundusImage, ImageReadError, read_image
+from .io import FundusImage, ImageReadError, read_image, source_name
 from .models import create_model, is_model
 from .preprocess import NoFundusError, preprocess
 from .weights import ModelConfig, load_weights
@@ -130,7 +130,7 @@ class QualityModel:
 
     def _prepare(self, item: Any) -> tuple[ScoreResult, np.ndarray | None]:
         """Read and preprocess one input (runs in a worker thread)."""
-        path = _describe(item)
+        path = source_name(item)
         result = ScoreResult(path=path, model=self.name, trained=self.trained)
         started = time.perf_counter()
         try:
@@ -193,7 +193,9 @@ def load_model(
         if shipped.exists():
             return _from_file(shipped, device, thresholds, name=name_or_path)
         config = ModelConfig(arch=name_or_path)
-        network = create_model(name_or_path)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # untrained, but at least the same numbers in every process
+            network = create_model(name_or_path)
         if thresholds is not None:
             config.thresholds = thresholds
         return QualityModel(network, config, name_or_path, device)
@@ -234,14 +236,6 @@ def _as_list(inputs: Any) -> list[Any]:
     if isinstance(inputs, (str, os.PathLike, bytes, np.ndarray, FundusImage)) or hasattr(inputs, "getbands"):
         return [inputs]  # one image (hasattr: a PIL image, without importing PIL here)
     return list(inputs)
-
-
-def _describe(item: Any) -> str | None:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, FundusImage):
-        return item.path
-    return None
 
 
 def _prefetch(pool: ThreadPoolExecutor, fn: Callable, items: Iterable, depth: int) -> Iterator:

@@ -30,7 +30,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import IO, Iterator, Union
+from typing import Any, IO, Iterator, Union
 
 import numpy as np
 from PIL import (
@@ -126,6 +126,15 @@ class _Limits:
     min_side: int | None
     max_pixels: int
     min_size: int
+
+
+def source_name(source: Any) -> str | None:
+    """The path a scoring input came from, for reports; None for in-memory images."""
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    if isinstance(source, FundusImage):
+        return source.path
+    return None
 
 
 def is_probably_image(path: str | os.PathLike[str]) -> bool:

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from ..grading import Thresholds
-from ..io import FundusImage, ImageReadError, read_image
+from ..io import FundusImage, ImageReadError, read_image, source_name
 from ..metrics import calibrate_thresholds, plcc, rmse, srcc
 from ..preprocess import FieldOfView, NoFundusError, crop_to_field_of_view, find_field_of_view
 
@@ -216,7 +216,7 @@ class _Extracted:
 def _extract(item: Any, size: int) -> _Extracted:
     """Read one input and compute its features; an unreadable image becomes an error, not an exception."""
     started = time.perf_counter()
-    name = _describe(item) or "image"
+    name = source_name(item) or "image"
     try:
         image = item if isinstance(item, FundusImage) else read_image(item, min_side=size)
         read_done = time.perf_counter()
@@ -276,14 +276,6 @@ def _cache_key(item: Any) -> str | None:
 
 def _worker_init() -> None:
     cv2.setNumThreads(1)  # one process per core already: OpenCV threads would only contend
-
-
-def _describe(item: Any) -> str | None:
-    if isinstance(item, (str, os.PathLike)):
-        return os.fspath(item)
-    if isinstance(item, FundusImage):
-        return item.path
-    return None
 
 
 def _ms(started: float) -> float:
@@ -483,7 +475,7 @@ class BrisqueSVR:
         workers = self.workers if workers is None else workers
         extracted_all = _extract_all(items, self.size, workers, self.feature_cache)
         for item, extracted in zip(items, extracted_all):
-            pending.append((ScoreResult(path=_describe(item), model=self.name, trained=True), extracted))
+            pending.append((ScoreResult(path=source_name(item), model=self.name, trained=True), extracted))
             if len(pending) == batch_size:
                 results.extend(self._finish(svr, pending))
                 pending = []
