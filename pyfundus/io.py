@@ -30,7 +30,7 @@ import os
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, IO, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 import numpy as np
 from PIL import (

@@ -33,8 +33,8 @@ from .data.datasets import PYFUNDUS_LEVELS, QualityRecord, load_fqs, split_recor
 from .grading import CLASSES, Thresholds
 from .io import ImageReadError, read_image
 from .models import create_model
-from .progress import progress_bar
 from .preprocess import NoFundusError, crop_to_field_of_view, find_field_of_view, to_model_input
+from .progress import progress_bar
 from .weights import ModelConfig, save_weights
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ import sys
 import warnings
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset

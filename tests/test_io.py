@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -39,7 +39,6 @@ from pyfundus.io import (
     is_probably_image,
     read_image,
 )
-
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from pyfundus.ops import softpool2d, softpool2d_reference
 from pyfundus.ops import softpool as softpool_module
+from pyfundus.ops import softpool2d, softpool2d_reference
 from pyfundus.ops._ext import cpu_kernels, cuda_kernels, cuda_kernels_available
 from pyfundus.ops.config import ENV_VAR, kernel_mode, use_kernels
 

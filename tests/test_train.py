@@ -1,6 +1,5 @@
 """Datasets, splits, the proxy builder and a smoke training run (tiny model, a few steps)."""
 
-import csv
 import json
 
 import numpy as np
@@ -17,7 +16,7 @@ from pyfundus.data.datasets import (
     split_records,
 )
 from pyfundus.data.degrade import DegradationRecord, replay
-from pyfundus.data.proxy import BASE_QUALITY, _load_source, Source, build_proxy, proxy_mos
+from pyfundus.data.proxy import BASE_QUALITY, Source, _load_source, build_proxy, proxy_mos
 from pyfundus.train import TrainConfig, train
 from pyfundus.weights import load_weights
 

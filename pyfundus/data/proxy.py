@@ -33,8 +33,8 @@ from PIL import Image
 
 from ..grading import Thresholds
 from ..io import read_image
-from ..progress import progress_bar
 from ..preprocess import crop_to_field_of_view, find_field_of_view
+from ..progress import progress_bar
 from .datasets import QualityRecord, write_fqs_table
 
 log = logging.getLogger(__name__)

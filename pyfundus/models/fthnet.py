@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Literal, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops.softpool import softpool2d
