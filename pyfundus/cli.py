@@ -280,6 +280,8 @@ def _add_train(commands) -> None:
     p.add_argument("--ema-decay", type=float, default=0.99, help=from_defaults)
     p.add_argument("--amp", choices=("bf16", "off"), default="bf16", help=f"CPU autocast {from_defaults}")
     p.add_argument("--val-fraction", type=float, default=0.1, help=f"share of source photos held for validation {from_defaults}")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help=f"seed of the train/validation split by source photo {from_defaults}")
     p.add_argument("--eval-every", type=_positive_int, default=200, help=from_defaults)
     p.add_argument("--seed", type=int, default=0, help=from_defaults)
     p.add_argument("--device", default="cpu")
@@ -307,7 +309,8 @@ def _run_train(args) -> int:
             batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
             hyper_lr_ratio=args.hyper_lr_ratio, loss=args.loss, class_weight=args.class_weight,
             cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
-            val_fraction=args.val_fraction, eval_every=args.eval_every, seed=args.seed, device=args.device,
+            val_fraction=args.val_fraction, split_seed=args.split_seed, eval_every=args.eval_every,
+            seed=args.seed, device=args.device,
         )  # fmt: skip
         path = train(config, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
     except (ValueError, FileNotFoundError) as exc:
@@ -318,16 +321,13 @@ def _run_train(args) -> int:
 
 def _fit_brisque(args) -> int:
     """The classical baseline trains on the same data and split as a network would."""
-    from .data.datasets import PYFUNDUS_LEVELS, load_fqs, split_records
+    from .data.datasets import load_records, train_val_split
     from .models.brisque import BrisqueSVR
 
-    records = [
-        r for folder in args.data
-        for r in load_fqs(Path(folder) / "labels.csv", Path(folder) / "images", level_names=PYFUNDUS_LEVELS)
-    ]  # fmt: skip
-    split = split_records(records, seed=0, fractions=(1.0 - args.val_fraction, 0.0, args.val_fraction))
-    with progress_bar(len(split["train"]), desc="BRISQUE features", unit="img", enabled=not args.no_progress) as bar:
-        model = BrisqueSVR().fit(split["train"], progress=bar.update)
+    records = [record for folder in args.data for record in load_records(folder)]
+    train_set, _ = train_val_split(records, args.val_fraction, args.split_seed)
+    with progress_bar(len(train_set), desc="BRISQUE features", unit="img", enabled=not args.no_progress) as bar:
+        model = BrisqueSVR().fit(train_set, progress=bar.update)
     out = Path(args.out) / "brisque.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)

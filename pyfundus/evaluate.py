@@ -23,21 +23,13 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from .data.datasets import (
-    PYFUNDUS_LEVELS,
-    QualityRecord,
-    load_eyeq,
-    load_folder_csv,
-    load_fqs,
-    split_records,
-)
+from .data.datasets import QualityRecord, load_records, split_records
 from .grading import CLASSES
 from .metrics import accuracy, confusion_matrix, plcc, quadratic_weighted_kappa, rmse, srcc
 
 __all__ = [
     "Predictions",
     "aggregate_rounds",
-    "load_records",
     "predict_records",
     "run_eval",
     "summarise",
@@ -160,29 +152,6 @@ def write_report(summary: dict[str, Any], out_dir: str | Path, predictions: Pred
     if summary["n_with_level"]:
         written.append(_plot_confusion(figure_cls, out / "confusion.png", summary, title))
     return written
-
-
-def load_records(data: str | Path, *, image_dir: str | Path | None = None) -> list[QualityRecord]:
-    """Records from a folder in FQS layout (labels.csv + images/) or a label table, picked by its columns.
-
-    FQS columns (file_name, meanOpinionScore): FQS loader; levels are named
-    only for pyfundus' own tables (with a source_id column), because the
-    original FQS does not document its level coding. EyeQ columns (image,
-    quality): EyeQ loader. Anything else: the generic path/score/class loader.
-    Images are looked up in ``image_dir``, else ``images/`` beside the table,
-    else the table's folder.
-    """
-    data = Path(data)
-    table = data / "labels.csv" if data.is_dir() else data
-    if not table.exists():
-        raise FileNotFoundError(f"{table}: label table not found (expected a folder with labels.csv, or a CSV)")
-    columns = _columns(table)
-    images = Path(image_dir) if image_dir is not None else _default_image_dir(table)
-    if {"file_name", "meanOpinionScore"} <= columns or table.suffix.lower() in (".xlsx", ".xls"):
-        return load_fqs(table, images, level_names=PYFUNDUS_LEVELS if "source_id" in columns else None)
-    if {"image", "quality"} <= columns:
-        return load_eyeq(table, images)
-    return load_folder_csv(table, images)
 
 
 def run_eval(
@@ -386,24 +355,12 @@ def _plot_confusion(figure_cls: type, path: Path, summary: dict[str, Any], title
 # --- loading ----------------------------------------------------------------------------
 
 
-def _columns(table: Path) -> set[str]:
-    if table.suffix.lower() in (".xlsx", ".xls"):
-        return set()  # only FQS ships as XLSX; its loader checks the columns
-    with open(table, newline="", encoding="utf-8-sig") as handle:
-        return set(next(csv.reader(handle), []))
-
-
 def _split(
     records: list[QualityRecord], split: str | None, protocol: str, seed: int, round_index: int
 ) -> dict[str, list[QualityRecord]]:
     if split is None:
         return {"all": records}
     return split_records(records, protocol=protocol, seed=seed, round_index=round_index)
-
-
-def _default_image_dir(table: Path) -> Path:
-    images = table.parent / "images"
-    return images if images.is_dir() else table.parent
 
 
 def _load_scorer(model: str, device: str, workers: int) -> Any:

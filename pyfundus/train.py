@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.datasets import PYFUNDUS_LEVELS, QualityRecord, load_fqs, split_records
+from .data.datasets import QualityRecord, load_records, train_val_split
 from .grading import CLASSES, Thresholds
 from .io import ImageReadError, read_image
 from .models import create_model
@@ -85,15 +85,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
-    records = [
-        record
-        for folder in config.data
-        for record in load_fqs(Path(folder) / "labels.csv", Path(folder) / "images", level_names=PYFUNDUS_LEVELS)
-    ]
-    split = split_records(
-        records, seed=config.split_seed, fractions=(1.0 - config.val_fraction, 0.0, config.val_fraction)
-    )
-    train_set, val_set = split["train"], split["val"]
+    records = [record for folder in config.data for record in load_records(folder)]
+    train_set, val_set = train_val_split(records, config.val_fraction, config.split_seed)
     if not train_set or not val_set:
         raise ValueError(f"{', '.join(config.data)}: need images from several source photos for a train/validation split")
     causes = list(CAUSES) if config.cause_weight > 0 else []

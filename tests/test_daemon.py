@@ -39,6 +39,8 @@ from daemon_helpers import (
     wait_for,
     write,
 )
+from watchdog.events import FileSystemEventHandler
+
 from pyfundus.daemon import scoring, watcher
 from pyfundus.daemon.cli import main as daemon_main
 from pyfundus.daemon.config import CONFIG_KEYS, WatchConfig, load_config
@@ -48,7 +50,6 @@ from pyfundus.daemon.ledger import Ledger
 from pyfundus.daemon.records import FileStat, Verdict
 from pyfundus.daemon.service import INTERRUPTED_TWICE, Daemon
 from pyfundus.daemon.watcher import native_observer
-from watchdog.events import FileSystemEventHandler
 
 # Short timings so the suite is quick; the defaults are for clinic cameras.
 FAST = dict(

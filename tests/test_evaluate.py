@@ -17,11 +17,10 @@ from PIL import Image
 from sklearn.metrics import cohen_kappa_score
 
 import pyfundus.api
-from pyfundus.data.datasets import QualityRecord, write_fqs_table
+from pyfundus.data.datasets import QualityRecord, load_records, write_fqs_table
 from pyfundus.evaluate import (
     Predictions,
     aggregate_rounds,
-    load_records,
     predict_records,
     run_eval,
     summarise,

@@ -20,6 +20,8 @@ from ..grading import CLASSES
 
 # EyeQ's documented coding (REFERENCE.md section 5): 0 Good, 1 Usable, 2 Reject.
 EYEQ_LEVELS = {0: "Good", 1: "Usable", 2: "Reject"}
+# Our own tables number the classes in CLASSES order; pass this to load_fqs for them.
+PYFUNDUS_LEVELS = dict(enumerate(CLASSES))
 
 
 @dataclass
@@ -142,6 +144,37 @@ def split_records(
     return {name: [r for r in records if r.source_id in ids] for name, ids in groups.items()}
 
 
+def load_records(data: str | Path, *, image_dir: str | Path | None = None) -> list[QualityRecord]:
+    """Records from a folder in FQS layout (labels.csv + images/) or a label table, picked by its columns.
+
+    FQS columns (file_name, meanOpinionScore): FQS loader; levels are named
+    only for pyfundus' own tables (with a source_id column), because the
+    original FQS does not document its level coding. EyeQ columns (image,
+    quality): EyeQ loader. Anything else: the generic path/score/class loader.
+    Images are looked up in ``image_dir``, else ``images/`` beside the table,
+    else the table's folder.
+    """
+    data = Path(data)
+    table = data / "labels.csv" if data.is_dir() else data
+    if not table.exists():
+        raise FileNotFoundError(f"{table}: label table not found (expected a folder with labels.csv, or a CSV)")
+    columns = _columns(table)
+    images = Path(image_dir) if image_dir is not None else _default_image_dir(table)
+    if {"file_name", "meanOpinionScore"} <= columns or table.suffix.lower() in (".xlsx", ".xls"):
+        return load_fqs(table, images, level_names=PYFUNDUS_LEVELS if "source_id" in columns else None)
+    if {"image", "quality"} <= columns:
+        return load_eyeq(table, images)
+    return load_folder_csv(table, images)
+
+
+def train_val_split(
+    records: Sequence[QualityRecord], val_fraction: float, seed: int = 0
+) -> tuple[list[QualityRecord], list[QualityRecord]]:
+    """Train and validation sides by source photo: every trainer (network or baseline) sees the same split."""
+    split = split_records(records, seed=seed, fractions=(1.0 - val_fraction, 0.0, val_fraction))
+    return split["train"], split["val"]
+
+
 def write_fqs_table(records: Iterable[QualityRecord], table: str | Path, image_dir: str | Path) -> None:
     """Write records in the FQS layout (plus the proxy columns), paths relative to ``image_dir``."""
     image_dir = Path(image_dir)
@@ -164,10 +197,6 @@ def write_fqs_table(records: Iterable[QualityRecord], table: str | Path, image_d
             )
 
 
-# Our own tables number the classes in CLASSES order; pass this to load_fqs for them.
-PYFUNDUS_LEVELS = dict(enumerate(CLASSES))
-
-
 def _read_table(path: str | Path) -> list[dict[str, str]]:
     path = Path(path)
     if not path.exists():
@@ -183,6 +212,18 @@ def _read_table(path: str | Path) -> list[dict[str, str]]:
         return [{h: ("" if v is None else str(v)) for h, v in zip(header, row)} for row in rows[1:]]
     with open(path, newline="", encoding="utf-8-sig") as handle:
         return list(csv.DictReader(handle))
+
+
+def _columns(table: Path) -> set[str]:
+    if table.suffix.lower() in (".xlsx", ".xls"):
+        return set()  # only FQS ships as XLSX; its loader checks the columns
+    with open(table, newline="", encoding="utf-8-sig") as handle:
+        return set(next(csv.reader(handle), []))
+
+
+def _default_image_dir(table: Path) -> Path:
+    images = table.parent / "images"
+    return images if images.is_dir() else table.parent
 
 
 def _require_columns(table, rows: list[dict], columns: Iterable[str]) -> None:

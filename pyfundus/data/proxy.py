@@ -36,6 +36,7 @@ from ..io import read_image
 from ..preprocess import crop_to_field_of_view, find_field_of_view
 from ..progress import progress_bar
 from .datasets import QualityRecord, write_fqs_table
+from .degrade import degrade, overall_severity
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,7 @@ RECORDS_NAME = "degradations.jsonl"
 
 def proxy_mos(severities: Sequence[float]) -> float:
     """The proxy MOS for an image degraded with steps of these severities (see module docstring)."""
-    survive = float(np.prod([1.0 - s for s in severities])) if severities else 1.0
-    return BASE_QUALITY * 100.0 * survive
+    return BASE_QUALITY * 100.0 * (1.0 - overall_severity(list(severities)))
 
 
 @dataclass(frozen=True)
@@ -91,8 +91,6 @@ def build_proxy(
 
 
 def _build_source(job) -> tuple[list[QualityRecord], list[str]]:
-    from .degrade import degrade
-
     source, out_dir, variants, seed = job
     clean = _load_source(source)
     records, lines = [], []

@@ -82,5 +82,5 @@ def window_attention(
     shift_size: int = 0,
     attn_mask: Tensor | None = None,
 ) -> Tensor:
-    """The model's entry point; routes to the fused kernel once it exists."""
+    """The model's entry point: the one place a fused kernel replaces the reference."""
     return window_attention_reference(qkv, relative_position_bias, num_heads, window_size, shift_size, attn_mask)
