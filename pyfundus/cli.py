@@ -221,6 +221,15 @@ def _add_data(commands) -> None:
     proxy.add_argument("--synthetic", type=int, default=0, help="number of synthetic source fundi (default 0)")
     proxy.add_argument("--variants", type=_positive_int, default=10, help="degraded versions per source (default 10)")
     proxy.add_argument("--seed", type=int, default=0, help="seed for the draws (default 0)")
+    proxy.add_argument(
+        "--clean-fraction", type=float, default=0.15, help="share of variants left undegraded (default 0.15)"
+    )
+    proxy.add_argument(
+        "--no-camera-looks",
+        dest="camera_looks",
+        action="store_false",
+        help="keep each source's own colour rendering (default: a random camera look per variant)",
+    )
     proxy.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
     proxy.set_defaults(run=_run_build_proxy)
 
@@ -245,7 +254,16 @@ def _run_build_proxy(args) -> int:
     missing = [p for p in args.photos if not os.path.isfile(p)]
     if missing:
         raise UsageError(f"no such photo: {', '.join(missing)}")
-    records = build_proxy(args.photos, args.out, synthetic=args.synthetic, variants=args.variants, seed=args.seed, workers=args.workers)
+    records = build_proxy(
+        args.photos,
+        args.out,
+        synthetic=args.synthetic,
+        variants=args.variants,
+        seed=args.seed,
+        clean_fraction=args.clean_fraction,
+        camera_looks=args.camera_looks,
+        workers=args.workers,
+    )
     counts = {level: sum(r.level == level for r in records) for level in ("Good", "Usable", "Reject")}
     print(f"{len(records)} images in {args.out}: " + ", ".join(f"{n} {level}" for level, n in counts.items()))
     return 0
@@ -285,6 +303,7 @@ def _add_train(commands) -> None:
     p.add_argument("--eval-every", type=_positive_int, default=200, help=from_defaults)
     p.add_argument("--seed", type=int, default=0, help=from_defaults)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--init", metavar="WEIGHTS", help="start from these .safetensors weights (same architecture and heads)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
     p.add_argument("--stop-at", type=_positive_int, help="end this run at that step, state saved (continue with --resume)")
     p.add_argument("--no-progress", action="store_true")
@@ -310,7 +329,7 @@ def _run_train(args) -> int:
             hyper_lr_ratio=args.hyper_lr_ratio, loss=args.loss, class_weight=args.class_weight,
             cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
             val_fraction=args.val_fraction, split_seed=args.split_seed, eval_every=args.eval_every,
-            seed=args.seed, device=args.device,
+            seed=args.seed, device=args.device, init_from=args.init,
         )  # fmt: skip
         path = train(config, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
     except (ValueError, FileNotFoundError) as exc:

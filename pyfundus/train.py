@@ -35,7 +35,7 @@ from .io import ImageReadError, read_image
 from .models import create_model
 from .preprocess import NoFundusError, crop_to_field_of_view, find_field_of_view, to_model_input
 from .progress import progress_bar
-from .weights import ModelConfig, save_weights
+from .weights import ModelConfig, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "cpu"
     input_size: int = 384
     crop_jitter: float = 0.15  # train crops take 1/(1+jitter)..1 of the field of view's side
+    init_from: str | None = None  # start from these weights (safetensors of the same architecture and heads)
 
     def __post_init__(self):
         if self.loss not in ("smooth_l1", "l1", "l2"):
@@ -92,6 +93,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     causes = list(CAUSES) if config.cause_weight > 0 else []
     kwargs = {**config.model_kwargs, "num_classes": 3 if config.class_weight > 0 else 0, "num_causes": len(causes)}
     model = create_model(config.model, **kwargs).to(config.device)
+    if config.init_from:
+        _init_from(model, config.init_from)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(_param_groups(model, config))
     history: list[dict] = []
@@ -134,6 +137,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     final = save_weights(ema, out / "model.safetensors", _model_config(config, kwargs, causes, history, thresholds))
     log.info("saved %s", final)
     return final
+
+
+def _init_from(model: torch.nn.Module, path: str) -> None:
+    state, _ = load_weights(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not fit this model (missing {len(missing)} tensors, e.g. {missing[:2]}; "
+            f"unexpected {len(unexpected)}, e.g. {unexpected[:2]}): same architecture and heads needed"
+        )
+    log.info("initialised from %s", path)
 
 
 # ---- data -------------------------------------------------------------------

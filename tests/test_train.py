@@ -16,7 +16,7 @@ from pyfundus.data.datasets import (
     split_records,
 )
 from pyfundus.data.degrade import DegradationRecord, replay
-from pyfundus.data.proxy import BASE_QUALITY, Source, _load_source, build_proxy, proxy_mos
+from pyfundus.data.proxy import BASE_QUALITY, Look, Source, _load_source, build_proxy, proxy_mos
 from pyfundus.train import TrainConfig, train
 from pyfundus.weights import load_weights
 
@@ -43,16 +43,36 @@ def test_proxy_layout_and_exact_regeneration(proxy_dir):
     for record in records:
         assert record.path.exists() and 0 <= record.mos <= 100 * BASE_QUALITY + 1e-6
         assert record.level in ("Good", "Usable", "Reject")
-    # Every image regenerates bit-exactly from its source and its recorded draw.
+    # Every image regenerates bit-exactly from its source, its camera look and its recorded draw.
     lines = [json.loads(line) for line in (proxy_dir / "degradations.jsonl").read_text().splitlines()]
     for line in lines[:6]:
         source = Source("x", synth_seed=line["source"]["synthetic_seed"])
-        rebuilt = replay(_load_source(source), DegradationRecord.from_json(json.dumps(line["record"])))
+        look = Look(tuple(line["look"]["gains"]), line["look"]["gamma"], line["look"]["saturation"])
+        assert look != Look()
+        rebuilt = replay(look.apply(_load_source(source)), DegradationRecord.from_json(json.dumps(line["record"])))
         on_disk = np.asarray(Image.open(proxy_dir / "images" / line["file_name"]))
         assert np.array_equal(rebuilt, on_disk)
         severities = [step["severity"] for step in line["record"]["steps"]]
         row = next(r for r in records if r.path.name == line["file_name"])
         assert row.mos == pytest.approx(proxy_mos(severities), abs=0.01)
+
+
+def test_camera_look_keeps_black_and_stays_mild():
+    clean = _load_source(Source("x", synth_seed=11))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rendered = Look.draw(rng).apply(clean)
+        assert np.array_equal(rendered[clean.max(axis=2) == 0], clean[clean.max(axis=2) == 0])
+        inside = clean.max(axis=2) > 20
+        ratio = rendered[inside].mean() / clean[inside].mean()
+        assert 0.7 < ratio < 1.35  # a camera's rendering, not an exposure defect
+    assert np.array_equal(Look().apply(clean), clean)
+
+
+def test_clean_fraction_one_leaves_every_variant_undegraded(tmp_path):
+    records = build_proxy([], tmp_path, synthetic=1, variants=3, clean_fraction=1.0, workers=1, progress=False)
+    assert [r.mos for r in records] == pytest.approx([100 * BASE_QUALITY] * 3)
+    assert {r.degradation for r in records} == {"none"}
 
 
 def test_splits_are_image_level_and_reproducible(proxy_dir):
@@ -120,6 +140,21 @@ def test_smoke_training_resume_and_scoring(proxy_dir, tmp_path):
     results = model.score(images)
     assert all(r.ok and r.trained and r.causes is not None for r in results)
     assert all((r.reason is None) == (r.quality_class == "Good") for r in results)
+
+
+def test_init_from_weights_starts_there_and_refuses_other_shapes(proxy_dir, tmp_path):
+    first = train(smoke_config(proxy_dir, tmp_path / "first", 2), progress=False)
+    config = smoke_config(proxy_dir, tmp_path / "second", 2)
+    config.init_from, config.lr = str(first), 0.0  # lr 0: the weights stay exactly where they started
+    second = train(config, progress=False)
+    state_a, _ = load_weights(first)
+    state_b, _ = load_weights(second)
+    for key in state_a:
+        torch.testing.assert_close(state_a[key], state_b[key], rtol=0, atol=0, msg=key)
+    other = smoke_config(proxy_dir, tmp_path / "third", 2)
+    other.init_from, other.cause_weight = str(first), 0.0  # no cause head: the file does not fit
+    with pytest.raises(ValueError, match="does not fit"):
+        train(other, progress=False)
 
 
 def test_resume_without_state_is_an_error(proxy_dir, tmp_path):

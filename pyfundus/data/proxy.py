@@ -14,8 +14,14 @@ photo scores BASE_QUALITY * 100 = 95: clean captures still vary, and FQS's best
 images sit in the 90s. The class follows from MOS with the proxy thresholds
 below, which are the definition of the label, not a calibration.
 
-Every image is written with its full degradation record, so any of them can be
-regenerated exactly from its source photo.
+Before degrading, each variant's clean source is given a random *camera look*
+(white balance, gamma, saturation: see :class:`Look`) that does
+not change its label. Cameras render the same retina in different colours; with
+few source photos, a model that never saw that spread learns "looks like my
+training photos" instead of "is degraded" and scores unfamiliar clean photos low.
+
+Every image is written with its look and full degradation record, so any of them
+can be regenerated exactly from its source photo.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import hashlib
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -43,9 +49,37 @@ log = logging.getLogger(__name__)
 BASE_QUALITY = 0.95
 PROXY_THRESHOLDS = Thresholds(reject_below=40.0, good_from=70.0)
 WORKING_SIZE = 512  # degradations run at the cofe-Net resolution
-CLEAN_FRACTION = 0.15  # share of variants left undegraded, so "Good" is well represented
+CLEAN_FRACTION = 0.15  # default share of variants left undegraded, so "Good" is well represented
 TABLE_NAME = "labels.csv"
 RECORDS_NAME = "degradations.jsonl"
+
+
+@dataclass(frozen=True)
+class Look:
+    """A camera's rendering of a clean fundus: per-channel gain, gamma, saturation.
+
+    Ranges are those of clean captures across fundus cameras (orange to red
+    renderings, more or less blue): well inside what the exposure and colour
+    degradations do, so a look never passes for a defect.
+    """
+
+    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    gamma: float = 1.0
+    saturation: float = 1.0
+
+    @classmethod
+    def draw(cls, rng: np.random.Generator) -> "Look":
+        red, green, blue = rng.uniform(0.88, 1.12), rng.uniform(0.85, 1.15), rng.uniform(0.7, 1.3)
+        return cls((float(red), float(green), float(blue)), float(rng.uniform(0.85, 1.18)), float(rng.uniform(0.8, 1.2)))
+
+    def apply(self, img: np.ndarray) -> np.ndarray:
+        """``img`` as this camera renders it; black stays black, so the FOV is unchanged."""
+        x = img.astype(np.float32) / 255.0
+        x = x * np.asarray(self.gains, np.float32)
+        grey = x.mean(axis=2, keepdims=True)
+        x = grey + (x - grey) * self.saturation
+        x = np.clip(x, 0.0, 1.0) ** self.gamma
+        return np.round(x * 255.0).astype(np.uint8)
 
 
 def proxy_mos(severities: Sequence[float]) -> float:
@@ -67,15 +101,23 @@ def build_proxy(
     synthetic: int = 0,
     variants: int = 10,
     seed: int = 0,
+    clean_fraction: float = CLEAN_FRACTION,
+    camera_looks: bool = True,
     workers: int = 2,
     progress: bool = True,
 ) -> list[QualityRecord]:
-    """Write ``variants`` degraded versions of each source into ``out_dir`` (FQS layout) and return the records."""
+    """Write ``variants`` degraded versions of each source into ``out_dir`` (FQS layout) and return the records.
+
+    ``clean_fraction`` of the variants stay undegraded; ``camera_looks`` gives each
+    variant a random camera look first (see :class:`Look`).
+    """
+    if not 0.0 <= clean_fraction <= 1.0:
+        raise ValueError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     sources = [Source(Path(p).stem, path=str(p)) for p in photos]
     sources += [Source(f"synth{seed:03d}_{i:05d}", synth_seed=seed * 1_000_003 + i) for i in range(synthetic)]
-    jobs = [(source, out_dir, variants, seed) for source in sources]
+    jobs = [(source, out_dir, variants, seed, clean_fraction, camera_looks) for source in sources]
     records: list[QualityRecord] = []
     lines: list[str] = []
     with ProcessPoolExecutor(max_workers=workers) as pool, progress_bar(
@@ -91,12 +133,14 @@ def build_proxy(
 
 
 def _build_source(job) -> tuple[list[QualityRecord], list[str]]:
-    source, out_dir, variants, seed = job
+    source, out_dir, variants, seed, clean_fraction, camera_looks = job
     clean = _load_source(source)
     records, lines = [], []
     for variant in range(variants):
         rng = np.random.default_rng([seed, _stable_hash(source.source_id), variant])
-        image, record = degrade(clean, rng, types=[] if rng.random() < CLEAN_FRACTION else None)
+        keep_clean = rng.random() < clean_fraction
+        look = Look.draw(rng) if camera_looks else Look()
+        image, record = degrade(look.apply(clean), rng, types=[] if keep_clean else None)
         mos = proxy_mos([step["severity"] for step in record.steps])
         name = f"{source.source_id}_{variant:03d}.png"
         Image.fromarray(image).save(out_dir / "images" / name, compress_level=1)
@@ -111,7 +155,14 @@ def _build_source(job) -> tuple[list[QualityRecord], list[str]]:
             )
         )
         lines.append(
-            json.dumps({"file_name": name, "source": _describe_source(source), "record": json.loads(record.to_json())})
+            json.dumps(
+                {
+                    "file_name": name,
+                    "source": _describe_source(source),
+                    "look": asdict(look),
+                    "record": json.loads(record.to_json()),
+                }
+            )
             + "\n"
         )
     return records, lines
