@@ -16,7 +16,7 @@ import torch
 
 from pyfundus.ops import softpool as softpool_module
 from pyfundus.ops import softpool2d, softpool2d_reference
-from pyfundus.ops._ext import cpu_kernels, cuda_kernels, cuda_kernels_available
+from pyfundus.ops._ext import DTYPE_NAMES, cpu_kernels, cuda_kernels, cuda_kernels_available
 from pyfundus.ops.config import ENV_VAR, kernel_mode, use_kernels
 
 FUSED = torch.ops.pyfundus.softpool2d.default
@@ -379,7 +379,7 @@ def test_cpp_argument_errors():
     call(10, 99, "unknown dtype code 99")
     call(10, ext.DTYPE_CODES["float16"], "float32 or float64")
     call(11, 0, "num_threads must be >= 1")
-    assert set(ext.DTYPE_CODES) == set(softpool_module._DTYPE_NAMES.values())
+    assert set(ext.DTYPE_CODES) == set(DTYPE_NAMES.values())
 
 
 # ---- packaging ---------------------------------------------------------------------------

@@ -9,12 +9,7 @@
 #include <string>
 
 #include "common/checks.h"
-
-#if defined(__CUDACC__)
-#define PYFUNDUS_HOST_DEVICE __host__ __device__
-#else
-#define PYFUNDUS_HOST_DEVICE
-#endif
+#include "common/host_device.h"
 
 namespace pyfundus {
 

@@ -6,21 +6,24 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <string>
 
 #include "common/bindings.h"
 #include "common/checks.h"
 #include "common/dtype.h"
 #include "common/softpool_shape.h"
+#include "common/window_attention_shape.h"
 #include "cpu/softpool.h"
+#include "cpu/window_attention.h"
 
 namespace py = pybind11;
 
 namespace pyfundus::cpu {
 namespace {
 
-int checked_threads(int num_threads) {
+int checked_threads(int num_threads, const char* op) {
   check_arg(num_threads >= 1,
-            "softpool2d: num_threads must be >= 1, got " + std::to_string(num_threads));
+            std::string(op) + ": num_threads must be >= 1, got " + std::to_string(num_threads));
   return num_threads;
 }
 
@@ -29,7 +32,7 @@ void softpool2d_forward_py(std::uintptr_t x_ptr, std::uintptr_t y_ptr, int64_t n
                            int dtype, int num_threads) {
   const SoftPoolShape shape = make_softpool_shape(n, c, h, w, kh, kw, sh, sw);
   const DType type = dtype_from_code(dtype);
-  const int threads = checked_threads(num_threads);
+  const int threads = checked_threads(num_threads, "softpool2d");
   if (shape.planes() == 0) return;  // empty tensors may have null data
   check_pointer(x_ptr, "softpool2d_forward: x_ptr");
   check_pointer(y_ptr, "softpool2d_forward: y_ptr");
@@ -43,7 +46,7 @@ void softpool2d_backward_py(std::uintptr_t grad_y_ptr, std::uintptr_t x_ptr,
                             int num_threads) {
   const SoftPoolShape shape = make_softpool_shape(n, c, h, w, kh, kw, sh, sw);
   const DType type = dtype_from_code(dtype);
-  const int threads = checked_threads(num_threads);
+  const int threads = checked_threads(num_threads, "softpool2d");
   if (shape.planes() == 0) return;
   check_pointer(grad_y_ptr, "softpool2d_backward: grad_y_ptr");
   check_pointer(x_ptr, "softpool2d_backward: x_ptr");
@@ -51,6 +54,50 @@ void softpool2d_backward_py(std::uintptr_t grad_y_ptr, std::uintptr_t x_ptr,
   softpool2d_backward(reinterpret_cast<const void*>(grad_y_ptr),
                       reinterpret_cast<const void*>(x_ptr), reinterpret_cast<void*>(grad_x_ptr),
                       shape, type, threads);
+}
+
+// mask_ptr 0 means no mask. Empty batches have nothing to read but still a
+// bias gradient to write (zeros).
+void window_attention_forward_py(std::uintptr_t qkv_ptr, std::uintptr_t bias_ptr,
+                                 std::uintptr_t mask_ptr, std::uintptr_t out_ptr, int64_t batch,
+                                 int64_t height, int64_t width, int64_t channels, int64_t heads,
+                                 int64_t window, int64_t shift, int dtype, int num_threads) {
+  const WindowAttentionShape shape =
+      make_window_attention_shape(batch, height, width, channels, heads, window, shift);
+  const DType type = dtype_from_code(dtype);
+  const int threads = checked_threads(num_threads, "window_attention");
+  if (shape.instances() == 0) return;
+  check_pointer(qkv_ptr, "window_attention_forward: qkv_ptr");
+  check_pointer(bias_ptr, "window_attention_forward: bias_ptr");
+  check_pointer(out_ptr, "window_attention_forward: out_ptr");
+  window_attention_forward(reinterpret_cast<const void*>(qkv_ptr),
+                           reinterpret_cast<const void*>(bias_ptr),
+                           reinterpret_cast<const void*>(mask_ptr), reinterpret_cast<void*>(out_ptr),
+                           shape, type, threads);
+}
+
+void window_attention_backward_py(std::uintptr_t grad_out_ptr, std::uintptr_t qkv_ptr,
+                                  std::uintptr_t bias_ptr, std::uintptr_t mask_ptr,
+                                  std::uintptr_t grad_qkv_ptr, std::uintptr_t grad_bias_ptr,
+                                  int64_t batch, int64_t height, int64_t width, int64_t channels,
+                                  int64_t heads, int64_t window, int64_t shift, int dtype,
+                                  int num_threads) {
+  const WindowAttentionShape shape =
+      make_window_attention_shape(batch, height, width, channels, heads, window, shift);
+  const DType type = dtype_from_code(dtype);
+  const int threads = checked_threads(num_threads, "window_attention");
+  check_pointer(bias_ptr, "window_attention_backward: bias_ptr");
+  check_pointer(grad_bias_ptr, "window_attention_backward: grad_bias_ptr");
+  if (shape.instances() > 0) {
+    check_pointer(grad_out_ptr, "window_attention_backward: grad_out_ptr");
+    check_pointer(qkv_ptr, "window_attention_backward: qkv_ptr");
+    check_pointer(grad_qkv_ptr, "window_attention_backward: grad_qkv_ptr");
+  }
+  window_attention_backward(
+      reinterpret_cast<const void*>(grad_out_ptr), reinterpret_cast<const void*>(qkv_ptr),
+      reinterpret_cast<const void*>(bias_ptr), reinterpret_cast<const void*>(mask_ptr),
+      reinterpret_cast<void*>(grad_qkv_ptr), reinterpret_cast<void*>(grad_bias_ptr), shape, type,
+      threads);
 }
 
 }  // namespace
@@ -73,4 +120,19 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
         "SoftPool backward: writes every element of grad_x (same shape as x) from grad_y\n"
         "(shape of y) and x. All buffers contiguous, same dtype.");
+  m.def("window_attention_forward", &window_attention_forward_py, py::arg("qkv_ptr"),
+        py::arg("bias_ptr"), py::arg("mask_ptr"), py::arg("out_ptr"), py::arg("batch"),
+        py::arg("height"), py::arg("width"), py::arg("channels"), py::arg("num_heads"),
+        py::arg("window_size"), py::arg("shift_size"), py::arg("dtype"), py::arg("num_threads"),
+        py::call_guard<py::gil_scoped_release>(),
+        "(Shifted-)window attention forward. qkv: contiguous (batch, height, width, 3 * channels)\n"
+        "in image layout; bias: (num_heads, N, N) with N = window_size**2; mask: (windows, N, N)\n"
+        "or mask_ptr 0; out: contiguous (batch, height, width, channels). float32/float64.");
+  m.def("window_attention_backward", &window_attention_backward_py, py::arg("grad_out_ptr"),
+        py::arg("qkv_ptr"), py::arg("bias_ptr"), py::arg("mask_ptr"), py::arg("grad_qkv_ptr"),
+        py::arg("grad_bias_ptr"), py::arg("batch"), py::arg("height"), py::arg("width"),
+        py::arg("channels"), py::arg("num_heads"), py::arg("window_size"), py::arg("shift_size"),
+        py::arg("dtype"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
+        "Window attention backward: writes every element of grad_qkv (shape of qkv) and\n"
+        "grad_bias (shape of bias), recomputing the probabilities from qkv.");
 }

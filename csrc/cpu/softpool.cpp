@@ -9,63 +9,10 @@
 
 #include <omp.h>
 
+#include "cpu/vector_math.h"
+
 namespace pyfundus::cpu {
 namespace {
-
-// The row loops are compiled twice on x86-64 Linux with GCC: for AVX2 + FMA
-// (x86-64-v3, about twice as fast) and for the baseline, picked once at load
-// time by an ifunc resolver, so wheels still run on older CPUs. GCC inlines a
-// helper into a clone for another -march only when the helper is
-// always_inline, hence PYFUNDUS_INLINE on everything the row loops call.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define PYFUNDUS_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#define PYFUNDUS_INLINE inline __attribute__((always_inline))
-#else
-#define PYFUNDUS_TARGET_CLONES
-#define PYFUNDUS_INLINE inline
-#endif
-
-// e^x for x <= 0, the only range softpool needs (x is an element minus its
-// window maximum). glibc's expf is vectorised only under -ffast-math, which
-// would also break NaN propagation, so this is a Cephes-style version the
-// compiler vectorises: x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial
-// for e^r (within 1.5 ulp), and 2^n built in the exponent bits. Below ln(FLT_MIN)
-// the result would be subnormal (slow, and below float resolution next to the
-// window maximum, whose weight is 1), so it is 0. NaN in gives NaN out.
-//
-// The only select is on integer bits at the end: under GCC's default
-// -ftrapping-math a float select (a clamp of x, say) keeps the loop scalar.
-PYFUNDUS_INLINE float exp_nonpositive(float x) {
-  constexpr float kLog2e = 1.44269504088896341f;
-  constexpr float kLn2Hi = 0.693359375f;     // ln 2 = kLn2Hi + kLn2Lo, kLn2Hi has few
-  constexpr float kLn2Lo = -2.12194440e-4f;  // mantissa bits so n * kLn2Hi is exact
-  constexpr float kRound = 12582912.0f;      // 1.5 * 2^23: adding it rounds to an integer
-  constexpr uint32_t kRoundBits = 0x4B400000;  // bit pattern of kRound
-  constexpr float kMin = -87.3365447f;  // ln(FLT_MIN)
-
-  const float shifted = x * kLog2e + kRound;  // the low mantissa bits hold n
-  const float n = shifted - kRound;
-  const float r = (x - n * kLn2Hi) - n * kLn2Lo;
-
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-
-  // std::bit_cast is C++20; GCC and Clang have had the builtin since 11 / 9.
-  // Unsigned arithmetic: for x below kMin the bits are garbage but defined,
-  // and the mask below discards them.
-  const uint32_t n_bits = __builtin_bit_cast(uint32_t, shifted) - kRoundBits;  // n mod 2^32
-  const float scale = __builtin_bit_cast(float, (n_bits + 127u) << 23);  // 2^n
-  const uint32_t keep = x < kMin ? 0u : ~0u;
-  return __builtin_bit_cast(float, __builtin_bit_cast(uint32_t, p * scale) & keep);
-}
-
-// float64 is for gradient checks and reference work: accuracy over speed.
-PYFUNDUS_INLINE double exp_nonpositive(double x) { return std::exp(x); }
 
 template <typename T>
 struct WindowStats {

@@ -3,20 +3,11 @@
 // pybind11 module compiles with the host compiler.
 #pragma once
 
-#include <cstdint>
-
 #include "common/dtype.h"
 #include "common/softpool_shape.h"
+#include "cuda/launch.h"
 
 namespace pyfundus::cuda {
-
-// Where and on what a call runs: the device index (cudaSetDevice is called
-// with it; the previous device is restored afterwards) and a cudaStream_t
-// passed as an integer (torch.cuda.current_stream().cuda_stream).
-struct LaunchTarget {
-  int device;
-  std::uintptr_t stream;
-};
 
 // Same semantics as the CPU kernels (csrc/cpu/softpool.h). Asynchronous on the
 // stream; launch errors throw std::runtime_error with CUDA's message.

@@ -2,7 +2,9 @@
 
 ``pyfundus._C`` (CPU) and ``pyfundus._C_cuda`` (CUDA) are imported on first
 use and cached, so importing pyfundus stays cheap and a CPU-only machine never
-loads the CUDA module unless a CUDA tensor reaches a fused op.
+loads the CUDA module unless a CUDA tensor reaches a fused op. The kernels
+take raw pointers, a dtype code and, on CUDA, the device index and stream:
+:func:`dtype_code` and :func:`cuda_target` produce those arguments.
 """
 
 from __future__ import annotations
@@ -11,7 +13,27 @@ import functools
 import importlib
 from types import ModuleType
 
-__all__ = ["cpu_kernels", "cuda_kernels", "cuda_kernels_available"]
+import torch
+
+__all__ = [
+    "DTYPE_NAMES",
+    "HALF_TYPES",
+    "cpu_kernels",
+    "cuda_kernels",
+    "cuda_kernels_available",
+    "cuda_target",
+    "dtype_code",
+]
+
+# The dtypes the kernels take, named as in the modules' DTYPE_CODES table.
+DTYPE_NAMES = {
+    torch.float32: "float32",
+    torch.float64: "float64",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+}
+# The CPU kernels compute these in float32.
+HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 @functools.cache
@@ -47,3 +69,13 @@ def cuda_kernels_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def dtype_code(ext: ModuleType, dtype: torch.dtype) -> int:
+    """The code of ``dtype`` in the compiled module ``ext``."""
+    return ext.DTYPE_CODES[DTYPE_NAMES[dtype]]
+
+
+def cuda_target(x: torch.Tensor) -> tuple[int, int]:
+    """(device index, handle of the current stream) for a CUDA tensor."""
+    return x.device.index, torch.cuda.current_stream(x.device).cuda_stream

@@ -24,20 +24,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ext import cpu_kernels, cuda_kernels
+from ._ext import (
+    DTYPE_NAMES,
+    HALF_TYPES,
+    cpu_kernels,
+    cuda_kernels,
+    cuda_target,
+    dtype_code,
+)
 from .config import kernel_mode
 
 __all__ = ["softpool2d", "softpool2d_reference"]
 
 IntOrPair = Union[int, tuple[int, int], list[int]]
-
-_DTYPE_NAMES = {
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-}
-_HALF_TYPES = (torch.float16, torch.bfloat16)
 
 
 class _Geometry(NamedTuple):
@@ -74,7 +73,7 @@ def _geometry(x: Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair]) ->
         raise TypeError(f"softpool2d expects a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"softpool2d expects a 4-D NCHW tensor, got shape {tuple(x.shape)}")
-    if x.dtype not in _DTYPE_NAMES:
+    if x.dtype not in DTYPE_NAMES:
         raise TypeError(
             f"softpool2d supports float32, float64, float16 and bfloat16 tensors, got {x.dtype}"
         )
@@ -131,15 +130,6 @@ def _sizes(x: Tensor, g: _Geometry) -> tuple[int, ...]:
     return (n, c, h, w, g.kh, g.kw, g.sh, g.sw)
 
 
-def _dtype_code(ext, dtype: torch.dtype) -> int:
-    return ext.DTYPE_CODES[_DTYPE_NAMES[dtype]]
-
-
-def _cuda_target(x: Tensor) -> tuple[int, int]:
-    """(device index, handle of the current stream) for a CUDA tensor."""
-    return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
-
-
 def _forward(x: Tensor, g: _Geometry) -> Tensor:
     """Runs the kernel of x's device. The kernels read contiguous NCHW: other
     layouts (channels_last, views) are copied first."""
@@ -148,10 +138,10 @@ def _forward(x: Tensor, g: _Geometry) -> Tensor:
     args = (x.data_ptr(), y.data_ptr(), *_sizes(x, g))
     if x.device.type == "cpu":
         ext = cpu_kernels()
-        ext.softpool2d_forward(*args, _dtype_code(ext, x.dtype), torch.get_num_threads())
+        ext.softpool2d_forward(*args, dtype_code(ext, x.dtype), torch.get_num_threads())
     else:
         ext = cuda_kernels()
-        ext.softpool2d_forward(*args, _dtype_code(ext, x.dtype), *_cuda_target(x))
+        ext.softpool2d_forward(*args, dtype_code(ext, x.dtype), *cuda_target(x))
     return y
 
 
@@ -161,18 +151,18 @@ def _backward(grad_y: Tensor, x: Tensor, g: _Geometry) -> Tensor:
     args = (grad_y.data_ptr(), x.data_ptr(), grad_x.data_ptr())
     if x.device.type == "cpu":
         ext = cpu_kernels()
-        code = _dtype_code(ext, x.dtype)
+        code = dtype_code(ext, x.dtype)
         ext.softpool2d_backward(*args, *_sizes(x, g), code, torch.get_num_threads())
     else:
         ext = cuda_kernels()
-        code = _dtype_code(ext, x.dtype)
+        code = dtype_code(ext, x.dtype)
         # Half types with overlapping windows accumulate in a float32 buffer,
         # taken from torch's allocator on the current stream.
         scratch = None
         if ext.backward_needs_scratch(g.kh, g.kw, g.sh, g.sw, code):
             scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
         scratch_ptr = 0 if scratch is None else scratch.data_ptr()
-        ext.softpool2d_backward(*args, scratch_ptr, *_sizes(x, g), code, *_cuda_target(x))
+        ext.softpool2d_backward(*args, scratch_ptr, *_sizes(x, g), code, *cuda_target(x))
     return grad_x
 
 
@@ -189,7 +179,7 @@ def _check_grad(grad_y: Tensor, x: Tensor, g: _Geometry) -> None:
 def _softpool2d_op(x: Tensor, kernel_size: list[int], stride: list[int]) -> Tensor:
     g = _geometry(x, kernel_size, stride)
     _check_device(x)
-    if x.device.type == "cpu" and x.dtype in _HALF_TYPES:
+    if x.device.type == "cpu" and x.dtype in HALF_TYPES:
         # The CPU kernels are float32/float64; half types compute in float32.
         return _forward(x.float(), g).to(x.dtype)
     return _forward(x, g)
@@ -208,7 +198,7 @@ def _softpool2d_backward_op(
     g = _geometry(x, kernel_size, stride)
     _check_grad(grad_y, x, g)
     _check_device(x)
-    if x.device.type == "cpu" and x.dtype in _HALF_TYPES:
+    if x.device.type == "cpu" and x.dtype in HALF_TYPES:
         return _backward(grad_y.float(), x.float(), g).to(x.dtype)
     return _backward(grad_y, x, g)
 

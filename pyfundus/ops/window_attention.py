@@ -4,13 +4,39 @@ The Swin block hands over its qkv projection in the merged, un-shifted token
 layout and gets the attention output back in that same layout. Everything in
 between (cyclic shift, window partition, scaled QK^T + relative-position bias +
 shift mask, softmax, times V, window merge, reverse shift) lives here, so a
-fused kernel can replace the whole sequence without touching the model.
+fused kernel replaces the whole sequence without touching the model.
+
+Two implementations with the same semantics:
+
+* :func:`window_attention_reference`: plain torch, any device, autograd, ONNX export.
+* the fused custom op ``torch.ops.pyfundus.window_attention`` (C++/OpenMP on
+  CPU, CUDA on GPU) with its backward ``pyfundus::window_attention_backward``.
+  One kernel call reads qkv where it lies: the shift and the partition are
+  index arithmetic in its loads, and the output is written straight back in
+  image layout. The backward recomputes the probabilities instead of saving
+  them. Both ops have fake kernels, so ``torch.compile`` and ``torch.export`` work.
+
+:func:`window_attention` picks one (``impl=`` or :func:`pyfundus.ops.config.kernel_mode`).
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations``: torch.library reads the op
+# signatures from the annotations.
+from typing import Optional
 
 import torch
 from torch import Tensor
+
+from ._ext import (
+    DTYPE_NAMES,
+    HALF_TYPES,
+    cpu_kernels,
+    cuda_kernels,
+    cuda_target,
+    dtype_code,
+)
+from .config import kernel_mode
+
+__all__ = ["shifted_window_mask", "window_attention", "window_attention_reference"]
 
 
 def shifted_window_mask(height: int, width: int, window_size: int, shift_size: int) -> Tensor:
@@ -38,7 +64,7 @@ def window_attention_reference(
     num_heads: int,
     window_size: int,
     shift_size: int = 0,
-    attn_mask: Tensor | None = None,
+    attn_mask: Optional[Tensor] = None,
 ) -> Tensor:
     """Plain-torch window attention.
 
@@ -74,13 +100,239 @@ def window_attention_reference(
     return out
 
 
+# ---- fused custom ops -------------------------------------------------------------
+
+
+def _check_inputs(
+    qkv: Tensor, bias: Tensor, mask: Optional[Tensor], num_heads: int, window_size: int, shift_size: int
+) -> None:
+    """The fused ops' argument checks, with the messages a caller can act on."""
+    if qkv.dim() != 4 or qkv.shape[-1] % 3:
+        raise ValueError(f"window_attention: qkv must be (B, H, W, 3C), got shape {tuple(qkv.shape)}")
+    if qkv.dtype not in DTYPE_NAMES:
+        raise TypeError(f"window_attention supports float32, float64, float16 and bfloat16, got {qkv.dtype}")
+    _, height, width, channels3 = qkv.shape
+    if num_heads < 1 or (channels3 // 3) % num_heads:
+        raise ValueError(f"window_attention: {channels3 // 3} channels do not split into {num_heads} heads")
+    if window_size < 1 or height % window_size or width % window_size:
+        raise ValueError(f"window_attention: window_size {window_size} does not divide the grid ({height}, {width})")
+    if not 0 <= shift_size < window_size:
+        raise ValueError(f"window_attention: shift_size must be in [0, {window_size}), got {shift_size}")
+    tokens = window_size * window_size
+    expected = {"relative_position_bias": (bias, (num_heads, tokens, tokens))}
+    if mask is not None:
+        windows = (height // window_size) * (width // window_size)
+        expected["attn_mask"] = (mask, (windows, tokens, tokens))
+    for name, (tensor, shape) in expected.items():
+        if tuple(tensor.shape) != shape or tensor.dtype != qkv.dtype or tensor.device != qkv.device:
+            raise ValueError(
+                f"window_attention: {name} must be {qkv.dtype} of shape {shape} on {qkv.device}, "
+                f"got {tensor.dtype} of shape {tuple(tensor.shape)} on {tensor.device}"
+            )
+    if qkv.device.type not in ("cpu", "cuda"):
+        raise RuntimeError(
+            f"the fused window_attention runs on CPU and CUDA tensors, got a tensor on {qkv.device}; "
+            "use impl='reference' (or PYFUNDUS_KERNELS=reference)"
+        )
+
+
+def _sizes(qkv: Tensor, num_heads: int, window_size: int, shift_size: int) -> tuple[int, ...]:
+    """The (batch, height, width, channels, heads, window, shift) arguments of the kernels."""
+    batch, height, width, channels3 = qkv.shape
+    return (batch, height, width, channels3 // 3, num_heads, window_size, shift_size)
+
+
+def _mask_ptr(mask: Optional[Tensor]) -> int:
+    return 0 if mask is None else mask.data_ptr()
+
+
+def _forward(qkv: Tensor, bias: Tensor, mask: Optional[Tensor], sizes: tuple[int, ...]) -> Tensor:
+    """Runs the kernel of qkv's device on contiguous copies of the inputs."""
+    qkv, bias = qkv.contiguous(), bias.contiguous()
+    mask = None if mask is None else mask.contiguous()
+    out = qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
+    args = (qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask), out.data_ptr(), *sizes)
+    if qkv.device.type == "cpu":
+        ext = cpu_kernels()
+        ext.window_attention_forward(*args, dtype_code(ext, qkv.dtype), torch.get_num_threads())
+    else:
+        ext = cuda_kernels()
+        ext.window_attention_forward(*args, dtype_code(ext, qkv.dtype), *cuda_target(qkv))
+    return out
+
+
+def _backward(
+    grad_out: Tensor, qkv: Tensor, bias: Tensor, mask: Optional[Tensor], sizes: tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
+    grad_out, qkv, bias = grad_out.contiguous(), qkv.contiguous(), bias.contiguous()
+    mask = None if mask is None else mask.contiguous()
+    if qkv.device.type == "cpu":
+        ext = cpu_kernels()
+        grad_qkv, grad_bias = torch.empty_like(qkv), torch.empty_like(bias)
+        args = (grad_out.data_ptr(), qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask))
+        ext.window_attention_backward(
+            *args, grad_qkv.data_ptr(), grad_bias.data_ptr(), *sizes,
+            dtype_code(ext, qkv.dtype), torch.get_num_threads(),
+        )  # fmt: skip
+        return grad_qkv, grad_bias
+    # The CUDA kernel adds the key/value and bias gradients of many blocks
+    # atomically, so it accumulates into zeroed float32 (float64) buffers
+    # taken from torch's allocator on the current stream; one cast at the end.
+    ext = cuda_kernels()
+    accum = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+    grad_qkv = torch.zeros(qkv.shape, dtype=accum, device=qkv.device)
+    grad_bias = torch.zeros(bias.shape, dtype=accum, device=qkv.device)
+    args = (grad_out.data_ptr(), qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask))
+    ext.window_attention_backward(
+        *args, grad_qkv.data_ptr(), grad_bias.data_ptr(), *sizes,
+        dtype_code(ext, qkv.dtype), *cuda_target(qkv),
+    )  # fmt: skip
+    return grad_qkv.to(qkv.dtype), grad_bias.to(qkv.dtype)
+
+
+def _on_cpu_in_half(qkv: Tensor) -> bool:
+    # The CPU kernels are float32/float64; half types compute in float32.
+    return qkv.device.type == "cpu" and qkv.dtype in HALF_TYPES
+
+
+def _float(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.float()
+
+
+@torch.library.custom_op("pyfundus::window_attention", mutates_args=())
+def _window_attention_op(
+    qkv: Tensor,
+    relative_position_bias: Tensor,
+    attn_mask: Optional[Tensor],
+    num_heads: int,
+    window_size: int,
+    shift_size: int,
+) -> Tensor:
+    _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
+    sizes = _sizes(qkv, num_heads, window_size, shift_size)
+    if _on_cpu_in_half(qkv):
+        out = _forward(qkv.float(), relative_position_bias.float(), _float(attn_mask), sizes)
+        return out.to(qkv.dtype)
+    return _forward(qkv, relative_position_bias, attn_mask, sizes)
+
+
+@_window_attention_op.register_fake
+def _window_attention_fake(
+    qkv: Tensor,
+    relative_position_bias: Tensor,
+    attn_mask: Optional[Tensor],
+    num_heads: int,
+    window_size: int,
+    shift_size: int,
+) -> Tensor:
+    _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
+    return qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
+
+
+def _check_grad_out(grad_out: Tensor, qkv: Tensor) -> None:
+    expected = (*qkv.shape[:3], qkv.shape[3] // 3)
+    if tuple(grad_out.shape) != expected or grad_out.dtype != qkv.dtype or grad_out.device != qkv.device:
+        raise ValueError(
+            f"window_attention_backward: grad_out must be {qkv.dtype} of shape {expected} on "
+            f"{qkv.device}, got {grad_out.dtype} of shape {tuple(grad_out.shape)} on {grad_out.device}"
+        )
+
+
+@torch.library.custom_op("pyfundus::window_attention_backward", mutates_args=())
+def _window_attention_backward_op(
+    grad_out: Tensor,
+    qkv: Tensor,
+    relative_position_bias: Tensor,
+    attn_mask: Optional[Tensor],
+    num_heads: int,
+    window_size: int,
+    shift_size: int,
+) -> tuple[Tensor, Tensor]:
+    _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
+    _check_grad_out(grad_out, qkv)
+    sizes = _sizes(qkv, num_heads, window_size, shift_size)
+    if _on_cpu_in_half(qkv):
+        args = (grad_out.float(), qkv.float(), relative_position_bias.float(), _float(attn_mask))
+        grad_qkv, grad_bias = _backward(*args, sizes)
+        return grad_qkv.to(qkv.dtype), grad_bias.to(qkv.dtype)
+    return _backward(grad_out, qkv, relative_position_bias, attn_mask, sizes)
+
+
+@_window_attention_backward_op.register_fake
+def _window_attention_backward_fake(
+    grad_out: Tensor,
+    qkv: Tensor,
+    relative_position_bias: Tensor,
+    attn_mask: Optional[Tensor],
+    num_heads: int,
+    window_size: int,
+    shift_size: int,
+) -> tuple[Tensor, Tensor]:
+    _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
+    _check_grad_out(grad_out, qkv)
+    # Contiguous, like the real kernels' results.
+    return qkv.new_empty(qkv.shape), relative_position_bias.new_empty(relative_position_bias.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    # The inputs, not the probabilities: the backward recomputes them, which
+    # costs one more QK^T per window but no (B * windows, heads, N, N) tensor.
+    qkv, bias, mask, num_heads, window_size, shift_size = inputs
+    ctx.save_for_backward(qkv, bias, mask)
+    ctx.config = (num_heads, window_size, shift_size)
+
+
+def _window_attention_autograd(ctx, grad_out: Tensor):
+    qkv, bias, mask = ctx.saved_tensors
+    grad_qkv, grad_bias = torch.ops.pyfundus.window_attention_backward(grad_out, qkv, bias, mask, *ctx.config)
+    return grad_qkv, grad_bias, None, None, None, None
+
+
+_window_attention_op.register_autograd(_window_attention_autograd, setup_context=_setup_context)
+
+
+# ---- public entry -------------------------------------------------------------------
+
+
 def window_attention(
     qkv: Tensor,
     relative_position_bias: Tensor,
     num_heads: int,
     window_size: int,
     shift_size: int = 0,
-    attn_mask: Tensor | None = None,
+    attn_mask: Optional[Tensor] = None,
+    *,
+    impl: Optional[str] = None,
 ) -> Tensor:
-    """The model's entry point: the one place a fused kernel replaces the reference."""
-    return window_attention_reference(qkv, relative_position_bias, num_heads, window_size, shift_size, attn_mask)
+    """The model's entry point: (shifted-)window attention, qkv in and output out in image layout.
+
+    Args:
+        qkv: ``(B, H, W, 3C)``, each token's values ordered (q|k|v, head, head_dim).
+        relative_position_bias: ``(num_heads, N, N)`` with ``N = window_size**2``.
+        num_heads, window_size: the window must divide H and W.
+        shift_size: cyclic shift in ``[0, window_size)``.
+        attn_mask: ``(num_windows, N, N)`` additive mask (:func:`shifted_window_mask`),
+            required when ``shift_size > 0`` and ignored otherwise; never differentiated.
+        impl: ``"fused"`` (C++/CUDA kernels, CPU and CUDA tensors only) or
+            ``"reference"`` (plain torch); ``None`` follows
+            :func:`pyfundus.ops.config.kernel_mode` (``$PYFUNDUS_KERNELS``).
+
+    Returns:
+        ``(B, H, W, C)``, the dtype of ``qkv``. The fused op casts the bias and the
+        mask to that dtype; on CPU, float16/bfloat16 compute in float32. On CUDA
+        the head dimension is at most 128.
+    """
+    if impl is None:
+        impl = kernel_mode()
+    if impl == "reference":
+        return window_attention_reference(qkv, relative_position_bias, num_heads, window_size, shift_size, attn_mask)
+    if impl != "fused":
+        raise ValueError(f"window_attention: impl must be None, 'fused' or 'reference', got {impl!r}")
+    if not shift_size:
+        attn_mask = None
+    elif attn_mask is None:
+        raise ValueError("shifted window attention needs attn_mask (see shifted_window_mask)")
+    else:
+        attn_mask = attn_mask.to(qkv.dtype)
+    bias = relative_position_bias.to(qkv.dtype)
+    return torch.ops.pyfundus.window_attention(qkv, bias, attn_mask, num_heads, window_size, shift_size)

@@ -1,0 +1,430 @@
+#include "cpu/window_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <omp.h>
+
+#include "cpu/vector_math.h"
+
+namespace pyfundus::cpu {
+namespace {
+
+// ---- small dense products ----------------------------------------------------
+
+// Every per-window matrix is copied into a thread-local buffer whose sides are
+// padded with zeros to multiples of kPad (144 tokens and head_dim 16 or 32 need
+// no padding), so the products run whole SIMD vectors with no remainder loops.
+constexpr int64_t kPad = 16;
+
+int64_t padded(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
+
+// The products' register blocking for one instruction set: kRows x kPad
+// blocks of the result in kBytes-wide vectors (GCC/Clang vector extension).
+// AVX-512 has 32 registers and one register holds kPad floats, so it takes
+// twice the rows; AVX2 (and the SSE baseline, in pairs of registers) holds
+// 4 x 2 accumulators.
+struct Avx2 {
+  static constexpr int kBytes = 32;
+  static constexpr int64_t kRows = 4;
+};
+struct Avx512 {
+  static constexpr int kBytes = 64;
+  static constexpr int64_t kRows = 8;
+};
+constexpr int64_t kMaxRows = 8;
+
+template <typename T, int kBytes>
+struct Simd {
+  typedef T type __attribute__((vector_size(kBytes)));
+};
+
+// c (m x n) = op(a) (m x k) b (k x n), with op(a) = a, or a^T when kTransA (a
+// is then k x m); rows lda, ldb and ldc elements apart; m a multiple of
+// Isa::kRows, n of kPad. A kRows x kPad block of c stays in registers while p
+// runs over k: per p, kPad / lanes loads of b and kRows broadcasts of op(a)
+// feed kRows * kPad / lanes fused multiply-adds.
+template <typename Isa, bool kTransA = false, typename T>
+PYFUNDUS_INLINE void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
+                            int64_t m, int64_t n, int64_t k) {
+  using V = typename Simd<T, Isa::kBytes>::type;
+  constexpr int64_t kRows = Isa::kRows;
+  constexpr int64_t kLanes = sizeof(V) / sizeof(T);
+  constexpr int64_t kVecs = kPad / kLanes;
+  for (int64_t i = 0; i < m; i += kRows) {
+    for (int64_t j = 0; j < n; j += kPad) {
+      V acc[kRows][kVecs] = {};
+      for (int64_t p = 0; p < k; ++p) {
+        V b_vec[kVecs];
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < kVecs; ++v) {
+          __builtin_memcpy(&b_vec[v], b + p * ldb + j + v * kLanes, sizeof(V));
+        }
+#pragma GCC unroll 8
+        for (int64_t r = 0; r < kRows; ++r) {
+          const T a_rp = kTransA ? a[p * lda + i + r] : a[(i + r) * lda + p];
+#pragma GCC unroll 8
+          for (int64_t v = 0; v < kVecs; ++v) acc[r][v] += a_rp * b_vec[v];
+        }
+      }
+#pragma GCC unroll 8
+      for (int64_t r = 0; r < kRows; ++r) {
+#pragma GCC unroll 8
+        for (int64_t v = 0; v < kVecs; ++v) {
+          __builtin_memcpy(c + (i + r) * ldc + j + v * kLanes, &acc[r][v], sizeof(V));
+        }
+      }
+    }
+  }
+}
+
+// One row of scores (n real columns, padding up to ld) becomes the softmax
+// numerators e^(s + bias + mask - max) in two passes; returns their sum.
+// Padding columns get 0. The bias and mask are added in the reference's order.
+template <typename T>
+PYFUNDUS_INLINE T softmax_numerators(T* s, int64_t n, int64_t ld, const T* bias_row,
+                                     const T* mask_row) {
+  // std::isgreater: the quiet comparison GCC may vectorise under
+  // -ftrapping-math. A NaN is never the max but still reaches the sum.
+  T m = -std::numeric_limits<T>::infinity();
+  if (mask_row == nullptr) {
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] += bias_row[j];
+      m = std::isgreater(s[j], m) ? s[j] : m;
+    }
+  } else {
+#pragma omp simd reduction(max : m)
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = s[j] + bias_row[j] + mask_row[j];
+      m = std::isgreater(s[j], m) ? s[j] : m;
+    }
+  }
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) {
+    const T e = exp_nonpositive(s[j] - m);
+    s[j] = e;
+    sum += e;
+  }
+  std::fill(s + n, s + ld, T(0));
+  return sum;
+}
+
+// ---- per (window, head) tasks -------------------------------------------------
+
+// Sizes of one task's local matrices.
+struct Local {
+  int64_t n, np;   // tokens, padded
+  int64_t hd, dp;  // head_dim, padded
+
+  explicit Local(const WindowAttentionShape& s)
+      : n(s.tokens), np(padded(s.tokens)), hd(s.head_dim), dp(padded(s.head_dim)) {}
+  int64_t forward_scratch() const { return 3 * np * dp + hd * np + kMaxRows * np + np; }
+  int64_t backward_scratch() const { return 4 * np * dp + 2 * hd * np + 2 * np * np; }
+};
+
+template <typename T>
+T softmax_scale(const WindowAttentionShape& s) {
+  return static_cast<T>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+}
+
+template <typename T>
+const T* mask_rows(const T* mask, const WindowAttentionShape& s, int64_t instance) {
+  return mask == nullptr ? nullptr : mask + (instance % s.windows()) * s.tokens * s.tokens;
+}
+
+template <typename Isa, typename T>
+PYFUNDUS_INLINE void forward_task(const T* qkv, const T* bias, const T* mask, T* out,
+                                         const WindowAttentionShape& s, int64_t instance,
+                                         int64_t head, T* scratch) {
+  const Local l(s);
+  T* q = scratch;           // np x dp, times the softmax scale
+  T* v = q + l.np * l.dp;   // np x dp
+  T* o = v + l.np * l.dp;   // np x dp
+  T* kt = o + l.np * l.dp;  // hd x np: k transposed
+  T* p = kt + l.hd * l.np;  // Isa::kRows x np: scores, then softmax numerators
+  T* inv_sums = p + kMaxRows * l.np;  // np: 1 / softmax denominator of each row
+  const T scale = softmax_scale<T>(s);
+  const int64_t c = s.channels;
+  for (int64_t t = 0; t < l.n; ++t) {
+    const T* src = qkv + s.pixel(instance, t) * 3 * c + head * l.hd;
+    for (int64_t d = 0; d < l.hd; ++d) {
+      q[t * l.dp + d] = src[d] * scale;
+      kt[d * l.np + t] = src[c + d];
+      v[t * l.dp + d] = src[2 * c + d];
+    }
+  }
+  // kRows query rows at a time: their scores stay in L1 from the product
+  // through the softmax to the product with v. Padding rows of q are 0, so
+  // padding rows of p stay 0 and add nothing.
+  constexpr int64_t kRows = Isa::kRows;
+  const T* bias_rows = bias + head * l.n * l.n;
+  const T* mask_h = mask_rows(mask, s, instance);
+  for (int64_t i0 = 0; i0 < l.n; i0 += kRows) {
+    matmul<Isa>(q + i0 * l.dp, l.dp, kt, l.np, p, l.np, kRows, l.np, l.hd);
+    for (int64_t i = i0; i < std::min(i0 + kRows, l.n); ++i) {
+      const T sum = softmax_numerators(p + (i - i0) * l.np, l.n, l.np, bias_rows + i * l.n,
+                                       mask_h == nullptr ? nullptr : mask_h + i * l.n);
+      inv_sums[i] = T(1) / sum;
+    }
+    // The rows are normalised after the product: head_dim multiplies, not n.
+    matmul<Isa>(p, l.np, v, l.dp, o + i0 * l.dp, l.dp, kRows, l.dp, l.np);
+  }
+  for (int64_t t = 0; t < l.n; ++t) {
+    T* dst = out + s.pixel(instance, t) * c + head * l.hd;
+    for (int64_t d = 0; d < l.hd; ++d) dst[d] = o[t * l.dp + d] * inv_sums[t];
+  }
+}
+
+// Writes res (np x dp) rows, times `factor`, to the q, k or v slot (`slot` 0, 1, 2) of
+// this window's tokens in grad_qkv.
+template <typename T>
+PYFUNDUS_INLINE void scatter(const T* res, T factor, T* grad_qkv, int slot,
+                             const WindowAttentionShape& s, const Local& l, int64_t instance,
+                             int64_t head) {
+  for (int64_t t = 0; t < l.n; ++t) {
+    T* dst = grad_qkv + s.pixel(instance, t) * 3 * s.channels + slot * s.channels + head * l.hd;
+    for (int64_t d = 0; d < l.hd; ++d) dst[d] = res[t * l.dp + d] * factor;
+  }
+}
+
+// With P the probabilities, dO the output gradient and S the scores:
+// dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = scale dS K,
+// dK = scale dS^T Q, d(bias) = dS (added to grad_bias_head, n x n).
+template <typename Isa, typename T>
+PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bias,
+                                          const T* mask, T* grad_qkv, T* grad_bias_head,
+                                          const WindowAttentionShape& s, int64_t instance,
+                                          int64_t head, T* scratch) {
+  const Local l(s);
+  T* q = scratch;             // np x dp, times the softmax scale
+  T* k = q + l.np * l.dp;     // np x dp
+  T* dout = k + l.np * l.dp;  // np x dp
+  T* res = dout + l.np * l.dp;  // np x dp: dV, dQ, dK in turn
+  T* kt = res + l.np * l.dp;  // hd x np
+  T* vt = kt + l.hd * l.np;   // hd x np
+  T* p = vt + l.hd * l.np;    // np x np: probabilities
+  T* ds = p + l.np * l.np;    // np x np: dP, then dS
+  const T scale = softmax_scale<T>(s);
+  const int64_t c = s.channels;
+  for (int64_t t = 0; t < l.n; ++t) {
+    const int64_t pixel = s.pixel(instance, t);
+    const T* src = qkv + pixel * 3 * c + head * l.hd;
+    const T* src_grad = grad_out + pixel * c + head * l.hd;
+    for (int64_t d = 0; d < l.hd; ++d) {
+      q[t * l.dp + d] = src[d] * scale;
+      k[t * l.dp + d] = src[c + d];
+      kt[d * l.np + t] = src[c + d];
+      vt[d * l.np + t] = src[2 * c + d];
+      dout[t * l.dp + d] = src_grad[d];
+    }
+  }
+  matmul<Isa>(q, l.dp, kt, l.np, p, l.np, l.np, l.np, l.hd);
+  const T* bias_rows = bias + head * l.n * l.n;
+  const T* mask_h = mask_rows(mask, s, instance);
+  for (int64_t i = 0; i < l.n; ++i) {
+    T* p_row = p + i * l.np;
+    const T inv_sum = T(1) / softmax_numerators(p_row, l.n, l.np, bias_rows + i * l.n,
+                                                mask_h == nullptr ? nullptr : mask_h + i * l.n);
+#pragma omp simd
+    for (int64_t j = 0; j < l.n; ++j) p_row[j] *= inv_sum;
+  }
+  matmul<Isa>(dout, l.dp, vt, l.np, ds, l.np, l.np, l.np, l.hd);
+  for (int64_t i = 0; i < l.n; ++i) {
+    T* ds_row = ds + i * l.np;
+    const T* p_row = p + i * l.np;
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int64_t j = 0; j < l.np; ++j) dot += p_row[j] * ds_row[j];
+#pragma omp simd
+    for (int64_t j = 0; j < l.np; ++j) ds_row[j] = p_row[j] * (ds_row[j] - dot);
+    T* gb_row = grad_bias_head + i * l.n;
+#pragma omp simd
+    for (int64_t j = 0; j < l.n; ++j) gb_row[j] += ds_row[j];
+  }
+  // Padding rows of p and dP are 0 (padding rows of q and dO are), so those of dS are too.
+  matmul<Isa, true>(p, l.np, dout, l.dp, res, l.dp, l.np, l.dp, l.np);
+  scatter(res, T(1), grad_qkv, 2, s, l, instance, head);
+  matmul<Isa>(ds, l.np, k, l.dp, res, l.dp, l.np, l.dp, l.np);
+  scatter(res, scale, grad_qkv, 0, s, l, instance, head);
+  matmul<Isa, true>(ds, l.np, q, l.dp, res, l.dp, l.np, l.dp, l.np);  // q carries the scale
+  scatter(res, T(1), grad_qkv, 1, s, l, instance, head);
+}
+
+// ---- one compiled variant per instruction set ----------------------------------
+
+template <typename T>
+struct TaskKernels {
+  void (*forward)(const T*, const T*, const T*, T*, const WindowAttentionShape&, int64_t,
+                  int64_t, T*);
+  void (*backward)(const T*, const T*, const T*, const T*, T*, T*, const WindowAttentionShape&,
+                   int64_t, int64_t, T*);
+};
+
+// The task bodies are always_inline, so each wrapper below compiles them for
+// its own target: these are the only out-of-line copies.
+#define PYFUNDUS_TASK_VARIANT(name, isa, target)                                              \
+  template <typename T>                                                                        \
+  target void forward_##name(const T* qkv, const T* bias, const T* mask, T* out,              \
+                             const WindowAttentionShape& s, int64_t instance, int64_t head,   \
+                             T* scratch) {                                                     \
+    forward_task<isa>(qkv, bias, mask, out, s, instance, head, scratch);                      \
+  }                                                                                            \
+  template <typename T>                                                                        \
+  target void backward_##name(const T* grad_out, const T* qkv, const T* bias, const T* mask,  \
+                              T* grad_qkv, T* grad_bias_head, const WindowAttentionShape& s,  \
+                              int64_t instance, int64_t head, T* scratch) {                   \
+    backward_task<isa>(grad_out, qkv, bias, mask, grad_qkv, grad_bias_head, s, instance, head, \
+                       scratch);                                                               \
+  }
+
+PYFUNDUS_TASK_VARIANT(baseline, Avx2, )
+
+// On x86-64 the AVX-512 and AVX2 + FMA variants are picked at run time, so one
+// build runs everywhere and uses the widest vectors the CPU has. AVX-512
+// matters on CPUs with full-width units (Zen 5, Intel server parts), where it
+// takes about a quarter off each task.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+PYFUNDUS_TASK_VARIANT(avx512, Avx512,
+                      __attribute__((target("arch=x86-64-v4,prefer-vector-width=512"))))
+PYFUNDUS_TASK_VARIANT(avx2, Avx2, __attribute__((target("arch=x86-64-v3"))))
+#endif
+#undef PYFUNDUS_TASK_VARIANT
+
+// The widest variant the CPU runs, or a narrower one where $PYFUNDUS_CPU_ISA
+// asks for it ("avx2" or "baseline": for tests and comparisons; it never
+// raises the choice above what the CPU supports). Read on every call.
+template <typename T>
+TaskKernels<T> task_kernels() {
+  const char* env = std::getenv("PYFUNDUS_CPU_ISA");
+  const std::string cap = env == nullptr ? "" : env;
+  check_arg(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
+            "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  const bool avx512 = cap.empty() || cap == "avx512";
+  if (avx512 && __builtin_cpu_supports("x86-64-v4")) return {forward_avx512<T>, backward_avx512<T>};
+  if (cap != "baseline" && __builtin_cpu_supports("x86-64-v3")) {
+    return {forward_avx2<T>, backward_avx2<T>};
+  }
+#endif
+  return {forward_baseline<T>, backward_baseline<T>};
+}
+
+// ---- drivers -----------------------------------------------------------------
+
+// Zero-initialised room per thread, allocated before the parallel region (an
+// exception must not escape an OpenMP region). Padding is never written by
+// the gathers, so it stays 0 from task to task.
+template <typename T>
+class ThreadScratch {
+ public:
+  ThreadScratch(int threads, int64_t per_thread)
+      : per_thread_(per_thread), data_(static_cast<size_t>(threads) * per_thread) {}
+  T* for_this_thread() { return data_.data() + omp_get_thread_num() * per_thread_; }
+
+ private:
+  int64_t per_thread_;
+  std::vector<T> data_;
+};
+
+int useful_threads(int64_t tasks, int num_threads) {
+  return static_cast<int>(std::clamp<int64_t>(tasks, 1, num_threads));
+}
+
+template <typename T>
+void forward(const T* qkv, const T* bias, const T* mask, T* out, const WindowAttentionShape& s,
+             int num_threads) {
+  const int64_t tasks = s.instances() * s.heads;
+  if (tasks == 0) return;
+  const int threads = useful_threads(tasks, num_threads);
+  ThreadScratch<T> scratch(threads, Local(s).forward_scratch());
+  const auto forward_task = task_kernels<T>().forward;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t task = 0; task < tasks; ++task) {
+    forward_task(qkv, bias, mask, out, s, task / s.heads, task % s.heads,
+                 scratch.for_this_thread());
+  }
+}
+
+// Tasks the backward aims for: each owns one head and a fixed chunk of window
+// instances, and sums its bias gradient into a partial of its own.
+constexpr int64_t kBackwardTasks = 64;
+
+template <typename T>
+void backward(const T* grad_out, const T* qkv, const T* bias, const T* mask, T* grad_qkv,
+              T* grad_bias, const WindowAttentionShape& s, int num_threads) {
+  const int64_t instances = s.instances();
+  const int64_t bias_numel = s.heads * s.tokens * s.tokens;
+  if (instances == 0) {
+    std::fill(grad_bias, grad_bias + bias_numel, T(0));
+    return;
+  }
+  // The chunks do not depend on the thread count, and the partials are added
+  // in chunk order below, so grad_bias is the same for any num_threads.
+  const int64_t chunks = std::clamp<int64_t>(kBackwardTasks / s.heads, 1, instances);
+  const int64_t tasks = chunks * s.heads;
+  const int threads = useful_threads(tasks, num_threads);
+  std::vector<T> partials(static_cast<size_t>(chunks) * bias_numel);
+  ThreadScratch<T> scratch(threads, Local(s).backward_scratch());
+  const auto backward_task = task_kernels<T>().backward;
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t chunk = task / s.heads;
+    const int64_t head = task % s.heads;
+    T* partial = partials.data() + chunk * bias_numel + head * s.tokens * s.tokens;
+    T* room = scratch.for_this_thread();
+    for (int64_t instance = chunk * instances / chunks;
+         instance < (chunk + 1) * instances / chunks; ++instance) {
+      backward_task(grad_out, qkv, bias, mask, grad_qkv, partial, s, instance, head, room);
+    }
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t e = 0; e < bias_numel; ++e) {
+    T sum = 0;
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partials[chunk * bias_numel + e];
+    grad_bias[e] = sum;
+  }
+}
+
+void check_cpu_dtype(DType dtype) {
+  check_arg(dtype == DType::Float32 || dtype == DType::Float64,
+            std::string("window_attention CPU kernels take float32 or float64, got ") +
+                dtype_name(dtype) + " (compute half types in float32)");
+}
+
+}  // namespace
+
+void window_attention_forward(const void* qkv, const void* bias, const void* mask, void* out,
+                              const WindowAttentionShape& shape, DType dtype, int num_threads) {
+  check_cpu_dtype(dtype);
+  if (dtype == DType::Float32) {
+    forward(static_cast<const float*>(qkv), static_cast<const float*>(bias),
+            static_cast<const float*>(mask), static_cast<float*>(out), shape, num_threads);
+  } else {
+    forward(static_cast<const double*>(qkv), static_cast<const double*>(bias),
+            static_cast<const double*>(mask), static_cast<double*>(out), shape, num_threads);
+  }
+}
+
+void window_attention_backward(const void* grad_out, const void* qkv, const void* bias,
+                               const void* mask, void* grad_qkv, void* grad_bias,
+                               const WindowAttentionShape& shape, DType dtype, int num_threads) {
+  check_cpu_dtype(dtype);
+  if (dtype == DType::Float32) {
+    backward(static_cast<const float*>(grad_out), static_cast<const float*>(qkv),
+             static_cast<const float*>(bias), static_cast<const float*>(mask),
+             static_cast<float*>(grad_qkv), static_cast<float*>(grad_bias), shape, num_threads);
+  } else {
+    backward(static_cast<const double*>(grad_out), static_cast<const double*>(qkv),
+             static_cast<const double*>(bias), static_cast<const double*>(mask),
+             static_cast<double*>(grad_qkv), static_cast<double*>(grad_bias), shape, num_threads);
+  }
+}
+
+}  // namespace pyfundus::cpu
