@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -19,20 +18,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import CONFIG_KEYS, OPTIONS, positive_count, positive_seconds
+from .config import CONFIG_KEYS, OPTIONS, port_number, positive_count, positive_seconds, split_command
+from .logs import Redactor
 from .records import Verdict
 
 log = logging.getLogger(__name__)
 
 EXIT_USAGE = 2
 
-_FLAG_TYPES = {"path": Path, "seconds": positive_seconds, "count": positive_count, "text": str}
+_FLAG_TYPES = {
+    "path": Path, "seconds": positive_seconds, "count": positive_count, "port": port_number, "text": str,
+    "command": split_command,
+}  # fmt: skip
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``watch`` and ``results`` on an ``add_subparsers()`` object."""
+    """Register ``watch``, ``results`` and ``demo`` on an ``add_subparsers()`` object."""
     _add_watch(subparsers)
     _add_results(subparsers)
+    _add_demo(subparsers)
 
 
 def main(argv: list[str] | None = None, *, scorer: Any = None) -> int:
@@ -42,8 +46,15 @@ def main(argv: list[str] | None = None, *, scorer: Any = None) -> int:
     parser = argparse.ArgumentParser(prog="pyfundusd", description="The pyfundus hot-folder quality gate.")
     parser.add_argument("--version", action="version", version=f"pyfundusd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="also show informational log lines on stderr")
+    parser.add_argument("--print-systemd-unit", action="store_true",
+                        help="print the systemd unit file to install pyfundusd as a service, and exit")  # fmt: skip
     add_commands(parser.add_subparsers(title="commands", metavar="COMMAND"))
     args = parser.parse_args(argv)
+    if args.print_systemd_unit:
+        from .systemd import unit_text
+
+        sys.stdout.write(unit_text())
+        return 0
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -77,6 +88,8 @@ def _add_watch(subparsers: Any) -> None:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif option.kind == "globs":
             kwargs.update(action="append", metavar=option.metavar)
+        elif option.kind == "classes":
+            kwargs.update(action="append", metavar=option.metavar, choices=option.choices)
         elif option.kind == "choice":
             kwargs["choices"] = option.choices
         else:
@@ -100,11 +113,10 @@ def _run_watch(args: argparse.Namespace) -> int:
         prepare_state_dir(config.state_dir)  # the log file goes there: check it first
     except StartupError as exc:
         raise UsageError(str(exc)) from exc
-    root = os.path.realpath(config.folder)
-    sinks: list[Any] = [VerdictPrinter(sys.stdout, root=root, json_lines=config.json)]
+    daemon = Daemon(config, scorer=getattr(args, "scorer", None))
+    daemon.sinks.add(VerdictPrinter(sys.stdout, names=daemon.names, json_lines=config.json))
     if config.sidecars is not None:
-        sinks.append(SidecarWriter(config.sidecars, root))
-    daemon = Daemon(config, scorer=getattr(args, "scorer", None), sinks=sinks)
+        daemon.sinks.add(SidecarWriter(config.sidecars, daemon.root))
     verbose = getattr(args, "verbose", False)
     with daemon_logging(config.state_dir, level=config.log_level, verbose=verbose, redactor=daemon.names):
         try:
@@ -112,6 +124,8 @@ def _run_watch(args: argparse.Namespace) -> int:
         except StartupError as exc:
             log.info("not started: %s", exc)  # stderr gets it once, from the usage error below
             raise UsageError(str(exc)) from exc
+        if daemon.web is not None:  # stderr, not the log: the operator needs the address (a free port is random)
+            print(f"operator page: {daemon.web.url}", file=sys.stderr, flush=True)
         return _serve(daemon)
 
 
@@ -139,11 +153,15 @@ def _serve(daemon: Any) -> int:
 
 
 class VerdictPrinter:
-    """The operator's stdout: ``time  file  score  class  eye  reason``, or one JSON object per line."""
+    """The operator's stdout: ``time  file  score  class  eye  reason``, or one JSON object per line.
 
-    def __init__(self, stream: TextIO, *, root: str, json_lines: bool) -> None:
+    Files are named as in the log: relative paths, or with ``--redact-identifiers`` the log's pseudonyms
+    (and JSON lines without paths, patient IDs or DICOM UIDs).
+    """
+
+    def __init__(self, stream: TextIO, *, names: Redactor, json_lines: bool) -> None:
         self.stream = stream
-        self.root = root
+        self.names = names
         self.json_lines = json_lines
 
     def __call__(self, verdict: Verdict) -> None:
@@ -152,15 +170,41 @@ class VerdictPrinter:
 
     def format(self, verdict: Verdict) -> str:
         if self.json_lines:
-            return json.dumps(verdict.to_dict())
-        name = os.path.relpath(verdict.path, self.root)
+            return json.dumps(self.names.record(verdict))
+        name = self.names.label(verdict.path)
         score = f"{verdict.score:5.1f}" if verdict.score is not None else "    -"
         grade = verdict.quality_class or verdict.state.upper()
         note = verdict.error or verdict.reason or "-"
-        note = note.removeprefix(f"{verdict.path}: ")  # reader errors start with the path: it is already shown
+        note = self.names.scrub(note.removeprefix(f"{verdict.path}: "))  # reader errors start with the path
         if verdict.duplicate_of:
-            note += f" (same image as {os.path.relpath(verdict.duplicate_of, self.root)})"
+            note += f" (same image as {self.names.label(verdict.duplicate_of)})"
         return f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {score}  {grade:<7}  {verdict.eye or '-'}  {note}"
+
+
+# ---- demo -----------------------------------------------------------------------
+
+
+def _add_demo(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "demo",
+        help="watch a simulated camera: captures arrive about once a second and are graded live",
+        description="Start the daemon on a temporary folder and play a fundus camera into it: real and synthetic "
+        "photos, clean and degraded, written the way cameras write. Prints each verdict, serves the operator "
+        "page, and ends with a summary. Works offline; everything it writes is removed at the end.",
+    )
+    p.add_argument("--port", type=port_number, default=0, help="operator page port (default: a free one)")
+    p.add_argument("--no-web", dest="web", action="store_false", help="no operator page")
+    p.add_argument("--duration", type=positive_seconds, metavar="S", help="stop the camera after S seconds")
+    p.add_argument("--count", type=positive_count, metavar="N",
+                   help="captures to take (default: one pass over the built-in sequence, 13)")  # fmt: skip
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(count=args.count, duration=args.duration, web=args.web, port=args.port,
+                    scorer=getattr(args, "scorer", None))  # fmt: skip
 
 
 # ---- results --------------------------------------------------------------------

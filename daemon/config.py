@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ class Option:
     """One setting. ``kind`` drives both the flag's parser and the config-file check."""
 
     name: str
-    kind: str  # path, seconds, count, bool, text, globs or choice
+    kind: str  # path, seconds, count, port, bool, text, globs, choice, classes (list of choices) or command (argv)
     help: str
     metavar: str | None = None
     choices: tuple[str, ...] = ()
@@ -32,6 +33,9 @@ class Option:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
+
+# The outcomes a verdict can have: the three grades, or Failed when the capture could not be scored.
+VERDICT_CLASSES = ("Good", "Usable", "Reject", "Failed")
 
 OPTIONS: tuple[Option, ...] = (
     Option("state_dir", "path", "ledger, lock and log folder "
@@ -44,6 +48,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("sidecars", "path", "write one JSON verdict per capture into DIR (mirrors the folder layout)", "DIR"),
     Option("model", "text", "registered model name or .safetensors file (default: shipped model)", "NAME|PATH"),
     Option("device", "text", "cpu, cuda, cuda:N or auto (default: cpu)", "DEVICE"),
+    Option("backend", "choice", "runtime: torch, onnxruntime, tensorrt or auto (default: torch; for .onnx/.engine "
+           "models, the file's runtime)", None,
+           ("torch", "onnxruntime", "tensorrt", "auto")),
     Option("batch_size", "count", "most images per model call (default: 8)", "N"),
     Option("json", "bool", "print one JSON object per verdict instead of a text line"),
     Option("redact_identifiers", "bool", "keep file names and patient IDs out of the log"),
@@ -60,6 +67,26 @@ OPTIONS: tuple[Option, ...] = (
     Option("queue_size", "count", "captures waiting for the scorer before intake waits (default: 64)", "N"),
     Option("drain_timeout", "seconds", "on SIGTERM, how long to keep scoring queued captures (default: 30)", "SECONDS"),
     Option("log_level", "choice", "log file level (default: info)", None, ("debug", "info", "warning", "error")),
+    # The operator page, /healthz and /metrics (web.py).
+    Option("web", "bool", "serve the operator page, /healthz and /metrics (default: on)"),
+    Option("web_host", "text", "address the operator page listens on (default: 127.0.0.1, this machine only; "
+           "any other address shows patient IDs and file names to the network)", "HOST"),
+    Option("web_port", "port", "operator page port; 0 picks a free one and logs it (default: 8470)", "PORT"),
+    # Alerts and reject actions (alerts.py, rejects.py): all off until configured.
+    Option("alert_on", "classes", "which verdicts trigger the alerts; repeatable (default: Reject and Failed)", "CLASS",
+           VERDICT_CLASSES),
+    Option("alert_command", "command", "run COMMAND for each alert with the verdict as JSON on its stdin; no shell "
+           "(in the config file: a list of arguments)", "COMMAND"),
+    Option("alert_webhook", "text", "POST each alert as JSON to this http(s) URL, from a background queue", "URL"),
+    Option("alert_desktop", "bool", "show a desktop notification for each alert (needs notify-send)"),
+    Option("alert_redact", "bool", "leave file names, patient IDs and DICOM UIDs out of the command's and the "
+           "webhook's JSON (default: on)"),
+    Option("alert_timeout", "seconds", "most seconds one command run or webhook request may take (default: 5)",
+           "SECONDS"),
+    Option("alert_attempts", "count", "webhook tries per alert, with doubling pauses from 1 s (default: 4)", "N"),
+    Option("reject_action", "choice", "copy or move captures graded Reject into --reject-folder once their verdict "
+           "is saved (default: off; the camera's files are never touched)", None, ("off", "copy", "move")),
+    Option("reject_folder", "path", "where --reject-action puts rejected captures", "DIR"),
 )  # fmt: skip
 
 
@@ -73,6 +100,7 @@ class WatchConfig:
     sidecars: Path | None = None
     model: str | None = None
     device: str = "cpu"
+    backend: str | None = None
     batch_size: int = 8
     json: bool = False
     redact_identifiers: bool = False
@@ -85,20 +113,40 @@ class WatchConfig:
     queue_size: int = 64
     drain_timeout: float = 30.0
     log_level: str = "info"
+    web: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = 8470
+    alert_on: list[str] = field(default_factory=lambda: ["Reject", "Failed"])
+    alert_command: list[str] | None = None
+    alert_webhook: str | None = None
+    alert_desktop: bool = False
+    alert_redact: bool = True
+    alert_timeout: float = 5.0
+    alert_attempts: int = 4
+    reject_action: str = "off"
+    reject_folder: Path | None = None
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).expanduser()
         self.state_dir = Path(self.state_dir).expanduser()
         if self.sidecars is not None:
             self.sidecars = Path(self.sidecars).expanduser()
+        if self.reject_folder is not None:
+            self.reject_folder = Path(self.reject_folder).expanduser()
 
     def validate(self) -> None:
         """Checks that need the file system: the folder exists, outputs stay out of it."""
         if not self.folder.is_dir():
             raise ConfigError(f"watched folder {self.folder} does not exist or is not a folder")
+        if self.reject_action != "off" and self.reject_folder is None:
+            raise ConfigError(f"--reject-action {self.reject_action} needs --reject-folder DIR")
+        if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
+            raise ConfigError(f"alert_webhook must be an http:// or https:// URL, got {self.alert_webhook!r}")
         root = Path(os.path.realpath(self.folder))
         if not self.allow_inside_folder:
-            for label, path in (("state directory", self.state_dir), ("sidecar folder", self.sidecars)):
+            outputs = (("state directory", self.state_dir), ("sidecar folder", self.sidecars),
+                       ("reject folder", self.reject_folder))  # fmt: skip
+            for label, path in outputs:
                 # The camera folder belongs to the camera: writing there can confuse its software
                 # and, for the state directory, would make the ledger watch itself.
                 if path is not None and Path(os.path.realpath(path)).is_relative_to(root):
@@ -161,6 +209,19 @@ def _from_file(option: Option, value: Any, base: Path, source: Path) -> Any:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f'{where} must be a list of strings, e.g. ["*.xml"]')
         return value
+    if option.kind == "classes":
+        if not isinstance(value, list) or not all(v in option.choices for v in value):
+            raise ConfigError(f"{where} must be a list of {', '.join(option.choices)}")
+        return value
+    if option.kind == "command":
+        if isinstance(value, str):
+            try:
+                return split_command(value)
+            except (argparse.ArgumentTypeError, ValueError) as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f'{where} must be a list of arguments, e.g. ["/usr/local/bin/page-nurse", "--ward", "3"]')
+        return value
     if option.kind in ("text", "choice"):
         if not isinstance(value, str) or (option.choices and value not in option.choices):
             allowed = f" (one of {', '.join(option.choices)})" if option.choices else ""
@@ -190,4 +251,21 @@ def positive_count(value: Any) -> int:
     return count
 
 
-_NUMBER_PARSERS = {"seconds": positive_seconds, "count": positive_count}
+def port_number(value: Any) -> int:
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise TypeError("must be a whole number")
+    port = int(value)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {value}")
+    return port
+
+
+def split_command(value: str) -> list[str]:
+    """A command line given as one string, split as a POSIX shell would split it (nothing else of a shell)."""
+    argv = shlex.split(value)
+    if not argv:
+        raise argparse.ArgumentTypeError("the command is empty")
+    return argv
+
+
+_NUMBER_PARSERS = {"seconds": positive_seconds, "count": positive_count, "port": port_number}

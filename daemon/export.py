@@ -14,6 +14,7 @@ from .statedir import LEDGER_NAME
 COLUMNS = (
     "path", "state", "score", "class", "reason", "error", "eye", "patient_id", "first_seen", "model", "trained",
     "sha256", "other_paths", "study_uid", "sop_instance_uid", "same_instance_as", "scored_at", "backend",
+    "reject_copy",
 )  # fmt: skip
 
 
@@ -61,4 +62,5 @@ def _record(verdict: Verdict, paths: list[str]) -> dict[str, Any]:
         "same_instance_as": verdict.same_instance_as,
         "scored_at": iso_time(verdict.scored_at),
         "backend": verdict.backend,
+        "reject_copy": verdict.reject_copy,
     }

@@ -1,7 +1,7 @@
 """Intake: from "something happened at this path" to a claimed capture in the work queue.
 
 Per path: debounce (events coalesce until the path is quiet for ``debounce``
-seconds) -> stability (size and mtime equal across two looks ``settle``
+seconds; none after close-write or a rename, which end the write) -> stability (size and mtime equal across two looks ``settle``
 apart; after close-write or a rename one look suffices, and while inotify
 says a writer still has the file open we wait for its close-write) -> probe
 (an image? complete? a JPEG or PNG without its end marker waits) ->
@@ -90,7 +90,8 @@ class Intake(threading.Thread):
             entry = self._entries.get(path)
             if entry is None:
                 entry = self._entries[path] = _Entry(due=now, hint=hint, detected_at=now)
-            entry.due = now + self.debounce
+            # A close-write or a rename says the writer is done: look now. Other events wait for quiet.
+            entry.due = now if hint is Hint.CLOSED else now + self.debounce
             entry.hint = hint  # the latest event decides: a write after a close re-opens the question
             self._cv.notify()
         return True

@@ -57,7 +57,8 @@ _SCHEMA = (
         timing_ms TEXT,                     -- JSON
         warnings TEXT,                      -- JSON
         error TEXT,
-        scored_at REAL
+        scored_at REAL,
+        reject_copy TEXT                    -- where --reject-action copied or moved it
     )""",
     """CREATE TABLE IF NOT EXISTS sightings (
         path TEXT NOT NULL,
@@ -109,6 +110,9 @@ class Ledger:
             if version not in (0, SCHEMA_VERSION):
                 raise sqlite3.DatabaseError(f"schema version {version} is newer than this pyfundus understands")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            columns = {row["name"] for row in conn.execute("PRAGMA table_info(captures)")}
+            if "reject_copy" not in columns:  # a ledger from before reject actions existed
+                conn.execute("ALTER TABLE captures ADD COLUMN reject_copy TEXT")
 
     # ---- intake -------------------------------------------------------------
 
@@ -187,6 +191,17 @@ class Ledger:
                     _link_same_instance(conn, item.sha256, verdict.sop_instance_uid)
                 out.extend(_verdicts_of(conn, item.sha256))
         return out
+
+    def note_reject_copy(self, sha256: str, path: str | None) -> bool:
+        """Record where a rejected capture was copied or moved (None: nowhere after all).
+
+        False when the capture has no committed verdict: a file is never moved on a verdict the ledger lacks.
+        """
+        with self._transaction("record a reject copy") as conn:
+            updated = conn.execute(
+                "UPDATE captures SET reject_copy = ? WHERE sha256 = ? AND state != 'pending'", (path, sha256)
+            )
+        return updated.rowcount == 1
 
     def release(self, item: WorkItem) -> WorkItem | None:
         """Drop a sighting whose file changed after it was hashed (that content is gone from there).
@@ -351,5 +366,6 @@ def _verdict(row: sqlite3.Row, path: str, duplicate_of: str | None = None) -> Ve
         first_seen=row["first_seen"],
         duplicate_of=duplicate_of,
         same_instance_as=row["same_instance_as"],
+        reject_copy=row["reject_copy"],
         **values,
     )

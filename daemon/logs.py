@@ -4,7 +4,8 @@ With redaction on, file names and paths never reach a log line: the daemon's
 own messages name files by a keyed hash (stable within one run, meaningless
 outside it), and a filter on every handler scrubs any path under the watched
 folder from messages and tracebacks, including those of other libraries.
-Patient IDs are never logged at all.
+Patient IDs are never logged at all. The same redaction applies to the verdict
+lines on stdout (``Redactor.label`` and ``Redactor.record``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+from .records import Verdict
 from .statedir import LOG_NAME
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# In redacted records (stdout JSON lines, alert payloads) file names become the log's pseudonyms and
+# patient identifiers are emptied.
+FILE_FIELDS = ("path", "duplicate_of", "reject_copy")
+PATIENT_FIELDS = ("patient_id", "study_uid", "sop_instance_uid")
 
 
 class Redactor:
@@ -44,6 +51,17 @@ class Redactor:
 
     def scrub(self, text: str) -> str:
         return self._pattern.sub("<file>", text) if self.enabled else text
+
+    def record(self, verdict: Verdict) -> dict[str, Any]:
+        """The verdict as JSON-ready dict; when redacting, files named by pseudonyms, patient IDs and DICOM UIDs
+        emptied, paths scrubbed from the messages (the sha256 still finds the capture in the ledger)."""
+        record = verdict.to_dict()
+        if self.enabled:
+            record.update({key: record[key] and self.label(record[key]) for key in FILE_FIELDS})
+            record.update(dict.fromkeys(PATIENT_FIELDS))
+            record["error"] = record["error"] and self.scrub(record["error"])
+            record["warnings"] = [self.scrub(warning) for warning in record["warnings"]]
+        return record
 
 
 class _RedactingFilter(logging.Filter):

@@ -68,6 +68,7 @@ class Verdict:
     scored_at: float | None = None  # unix time
     duplicate_of: str | None = None  # set on a second name: the path this content was first seen at
     same_instance_as: str | None = None  # sha256 of an earlier capture with the same DICOM SOPInstanceUID
+    reject_copy: str | None = None  # where --reject-action copied or moved the capture
 
     @classmethod
     def from_result(cls, item: WorkItem, result: Any, *, backend: str, now: float) -> Verdict:

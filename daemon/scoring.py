@@ -39,24 +39,39 @@ class Scorer(Protocol):
     def score(self, inputs: Sequence[str], *, batch_size: int = ...) -> list[Any]: ...
 
 
-def load_scorer(model: str | None, device: str) -> Scorer:
-    """Load the model once, at start-up; a bad name, file or device is a start-up error."""
+def load_scorer(model: str | None, device: str, backend: str | None = None) -> Scorer:
+    """Load the model once, at start-up; a bad name, file, device or backend is a start-up error."""
     import warnings
 
     from pyfundus.api import UntrainedModelWarning, load_model
 
     try:
-        scorer = load_model(model, device=device)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        scorer = load_model(model, device=device, backend=backend)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from exc
+    log.info("scoring with %s", scorer.backend_description)
     if not scorer.trained:
         log.warning("model %s has NO trained weights: every score is meaningless (plumbing only)", scorer.name)
         # Said once here; each verdict also records trained=false. Otherwise every batch warns.
         warnings.filterwarnings("ignore", category=UntrainedModelWarning)
+    warm_up(scorer)
     return scorer
 
 
+def warm_up(scorer: Scorer) -> None:
+    """Score one drawn fundus-like disc: the first forward pass is several times slower than the next
+    (allocations, kernel selection), and that cost belongs to start-up, not to the first patient."""
+    import cv2
+    import numpy as np
+
+    disc = np.zeros((512, 512, 3), np.uint8)
+    cv2.circle(disc, (256, 256), 220, (170, 80, 40), -1)
+    scorer.score([disc], batch_size=1)
+
+
 def describe_backend(scorer: Scorer) -> str:
+    if hasattr(scorer, "backend_description"):  # a QualityModel: runtime, precision, device
+        return f"pyfundus {__version__}, {scorer.backend_description}"
     device = getattr(scorer, "device", None)
     torch = sys.modules.get("torch")
     engine = f"torch {torch.__version__} on {device}" if device is not None and torch else type(scorer).__name__

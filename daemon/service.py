@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 from watchdog.observers.api import BaseObserver
 
+from .alerts import Alerts
 from .config import WatchConfig
 from .errors import LedgerError, StartupError
 from .filters import PathFilter
@@ -30,10 +31,13 @@ from .intake import Intake
 from .ledger import Ledger
 from .logs import Redactor
 from .records import FileStat, WorkItem
+from .rejects import RejectAction
 from .scoring import Scorer, ScoringWorker, load_scorer
 from .sinks import Sink, SinkHub
 from .statedir import LEDGER_NAME, InstanceLock, prepare_state_dir
+from .systemd import Notifier
 from .watcher import Watcher, native_observer
+from .web import OperatorWeb
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +58,12 @@ class Daemon:
     ) -> None:
         self.config = config
         self.root = os.path.realpath(config.folder)
-        self.names = Redactor([self.root, os.path.abspath(config.folder)], enabled=config.redact_identifiers)
+        self._roots = [self.root, os.path.abspath(config.folder)]
+        self.names = Redactor(self._roots, enabled=config.redact_identifiers)
         self.sinks = SinkHub(sinks)
-        excluded = [str(path) for path in (config.state_dir, config.sidecars) if path is not None]
+        self.systemd = Notifier()
+        outputs = (config.state_dir, config.sidecars, config.reject_folder)
+        excluded = [str(path) for path in outputs if path is not None]
         self.paths = PathFilter(self.root, recursive=config.recursive, ignore=config.ignore, excluded=excluded)
         self._scorer = scorer
         self._make_native_observer = make_native_observer
@@ -70,6 +77,7 @@ class Daemon:
         self.scoring: ScoringWorker | None = None
         self.watcher: Watcher | None = None
         self.work: queue.Queue[WorkItem] | None = None
+        self.web: OperatorWeb | None = None
 
     # ---- life cycle ---------------------------------------------------------
 
@@ -85,7 +93,9 @@ class Daemon:
                 initial = self._recover()
             except LedgerError as exc:
                 raise StartupError(f"{exc}; is the state directory full, read-only or damaged?") from exc
-            scorer = self._scorer if self._scorer is not None else load_scorer(config.model, config.device)
+            scorer = self._scorer if self._scorer is not None else load_scorer(config.model, config.device, config.backend)
+            self._add_actions()
+            self._start_web()
             self.work = work = queue.Queue(maxsize=config.queue_size)
             self.intake = Intake(
                 paths=self.paths, ledger=self.ledger, work=work, sinks=self.sinks, names=self.names,
@@ -122,6 +132,7 @@ class Daemon:
         if self._stopping.is_set():
             return
         log.info("stopping: finishing queued captures, then committing")
+        self.systemd.stopping()
         self._stopping.set()
         self._scan_requested.set()
         self._shutdown()
@@ -144,10 +155,36 @@ class Daemon:
             "settling": self.intake.settling if self.intake else 0,
             "queued": self.work.qsize() if self.work else 0,
             "unsaved_verdicts": self.scoring.unsaved if self.scoring else 0,
+            "observer_alive": self.watcher is not None and not self._folder_missing and self.watcher.problem() is None,
+            "model": getattr(self.scoring.scorer, "name", None) if self.scoring else None,
+            "backend": self.scoring.backend if self.scoring else None,
         }
+
+    def _add_actions(self) -> None:
+        """Reject actions run before the other outputs (they report where the file went), alerts after them."""
+        config = self.config
+        if config.reject_action != "off":
+            assert self.ledger is not None and config.reject_folder is not None
+            action = RejectAction(config.reject_action, config.reject_folder, root=self.root, ledger=self.ledger,
+                                  names=self.names)  # fmt: skip
+            self.sinks.add(action, first=True)
+        alerts = Alerts(config, names=self.names, payload_names=Redactor(self._roots, enabled=config.alert_redact))
+        if alerts.enabled:
+            self.sinks.add(alerts)
+
+    def _start_web(self) -> None:
+        """The operator page, /healthz and /metrics; a verdict output too, closed with the others."""
+        config = self.config
+        if config.web:
+            assert self.ledger is not None
+            self.web = OperatorWeb(host=config.web_host, port=config.web_port, root=self.root,
+                                   state_dir=config.state_dir, status=self.status)  # fmt: skip
+            self.web.start(self.ledger)
+            self.sinks.add(self.web)
 
     def _shutdown(self) -> None:
         # Order matters: no new events, no new claims, then the scorer empties the queue.
+        started = time.monotonic()
         if self._supervisor is not None:
             self._supervisor.join()
         if self.watcher is not None:
@@ -158,6 +195,8 @@ class Daemon:
         if self.scoring is not None and self.scoring.is_alive():
             self.scoring.drain(self.config.drain_timeout)
             self.scoring.join()
+        # Alerts still queued get what is left of the drain time, and at least one try each.
+        self.sinks.close(max(self.config.alert_timeout, started + self.config.drain_timeout - time.monotonic()))
         if self.ledger is not None:
             self.ledger.close()
         self._lock.release()
@@ -180,6 +219,7 @@ class Daemon:
 
     def _supervise(self) -> None:
         next_scan = time.monotonic()  # the first scan finds the backlog
+        ready = False
         while not self._stopping.is_set():
             try:
                 self._check_watcher()
@@ -187,10 +227,28 @@ class Daemon:
                     self._scan_requested.clear()
                     self.reconcile()
                     next_scan = time.monotonic() + self.config.reconcile_interval
+                if not ready:  # start-up is over once the backlog has been found and handed to intake
+                    ready = True
+                    self.systemd.ready(self._status_line())
+                self._report_health()
             except Exception:
                 log.exception("supervisor check failed; trying again")
             timeout = min(self.config.liveness_interval, max(0.0, next_scan - time.monotonic()))
             self._scan_requested.wait(timeout)
+
+    def _report_health(self) -> None:
+        """systemd's watchdog is fed only while the observer, intake and scorer threads all work."""
+        assert self.watcher is not None and self.intake is not None and self.scoring is not None
+        observing = self._folder_missing or self.watcher.problem() is None  # a missing folder is waited out
+        if observing and self.intake.is_alive() and self.scoring.is_alive():
+            self.systemd.ping()
+        self.systemd.status(self._status_line())
+
+    def _status_line(self) -> str:
+        status = self.status()
+        if not status["folder_present"]:
+            return "waiting for the watched folder to come back"
+        return f"watching ({status['events']} events): {status['settling']} settling, {status['queued']} queued"
 
     def _check_watcher(self) -> None:
         assert self.watcher is not None

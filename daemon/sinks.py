@@ -1,8 +1,10 @@
 """Where verdicts go besides the ledger: the CLI's lines, JSON sidecars, later the operator page and alerts.
 
 A sink is any callable taking a Verdict. Sinks run one at a time (under a
-lock) and a failing sink is logged and skipped: an output problem must never
-stop scoring.
+lock), in the order they were added, and a failing sink is logged and
+skipped: an output problem must never stop scoring. A sink must not block:
+one that does slow I/O (a webhook) hands it to a thread of its own, and may
+have a ``close(timeout)`` that the daemon calls last, after the queue drained.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -27,6 +30,22 @@ class SinkHub:
         self._sinks = list(sinks)
         self._lock = threading.Lock()
 
+    def add(self, sink: Sink, *, first: bool = False) -> None:
+        """Add an output; ``first``: before the others (an action whose outcome they should report)."""
+        with self._lock:
+            self._sinks.insert(0 if first else len(self._sinks), sink)
+
+    def close(self, timeout: float) -> None:
+        """Give every sink that has a ``close`` (background senders) up to ``timeout`` seconds in all to finish."""
+        deadline = time.monotonic() + timeout
+        for sink in list(self._sinks):
+            close = getattr(sink, "close", None)
+            if close is not None:
+                try:
+                    close(max(0.0, deadline - time.monotonic()))
+                except Exception:
+                    log.exception("a verdict output (%s) did not close cleanly", _name(sink))
+
     def emit(self, verdicts: Iterable[Verdict]) -> None:
         with self._lock:
             for verdict in verdicts:
@@ -34,7 +53,11 @@ class SinkHub:
                     try:
                         sink(verdict)
                     except Exception:
-                        log.exception("a verdict output (%s) failed", getattr(sink, "__name__", type(sink).__name__))
+                        log.exception("a verdict output (%s) failed", _name(sink))
+
+
+def _name(sink: Sink) -> str:
+    return getattr(sink, "__name__", type(sink).__name__)
 
 
 class SidecarWriter:

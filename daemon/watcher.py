@@ -38,6 +38,10 @@ class FileCallback(Protocol):
 
 
 def native_observer() -> BaseObserver:
+    if _ReportsClose is not None:
+        # Full events: a file moved in from outside the folder arrives as a move (complete, scored at
+        # once) rather than as a create, which would wait for a close-write that never comes.
+        return _ReportsClose(generate_full_events=True)
     from watchdog.observers import Observer  # the platform's native observer class
 
     return Observer()
