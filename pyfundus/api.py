@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .export.runtimes import Runtime, TorchRuntime, create_runtime
 from .grading import Thresholds
 from .io import FundusImage, ImageReadError, read_image, source_name
 from .models import create_model, is_model
@@ -51,6 +52,7 @@ class ScoreResult:
     sop_instance_uid: str | None = None
     model: str = ""
     trained: bool = False
+    backend: str = ""  # runtime, precision and device that computed the score
     timing_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -67,14 +69,38 @@ class ScoreResult:
 
 
 class QualityModel:
-    """A quality model ready to score images: network, preprocessing and thresholds together."""
+    """A quality model ready to score images: runtime, preprocessing and thresholds together.
 
-    def __init__(self, network: torch.nn.Module, config: ModelConfig, name: str, device: torch.device):
-        self.network = network.eval().to(device)
+    ``network`` is the torch module (None when loaded from an exported .onnx or .engine
+    file); ``runtime`` computes the heads (torch by default, see pyfundus.export.runtimes).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module | None,
+        config: ModelConfig,
+        name: str,
+        device: torch.device,
+        runtime: Runtime | None = None,
+        input_size: int | None = None,
+    ):
+        self.network = network.eval().to(device) if network is not None else None
         self.config = config
         self.name = name
         self.device = device
-        self.input_size = int(getattr(network, "img_size", 384))
+        self.runtime = runtime if runtime is not None else TorchRuntime(self.network, device, "fp32")
+        self.input_size = input_size or int(getattr(network, "img_size", 384))
+
+    @property
+    def backend(self) -> str:
+        """Which runtime scores ("torch", "torch.compile", "onnxruntime", "tensorrt")."""
+        return self.runtime.backend
+
+    @property
+    def backend_description(self) -> str:
+        """Runtime, precision and device, plus why ``backend="auto"`` chose it."""
+        text = self.runtime.describe()
+        return f"{text}; {self.runtime.choice}" if self.runtime.choice else text
 
     @property
     def trained(self) -> bool:
@@ -86,12 +112,12 @@ class QualityModel:
 
     def __repr__(self) -> str:
         state = "trained" if self.trained else "UNTRAINED"
-        return f"QualityModel({self.name!r}, arch={self.config.arch}, device={self.device}, {state})"
+        return f"QualityModel({self.name!r}, arch={self.config.arch}, {self.runtime.describe()}, {state})"
 
     @torch.inference_mode()
     def predict(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Scores 0-100 and, with a cause head, per-cause severities (B, causes) for a preprocessed batch."""
-        outputs = self.network.forward_with_heads(batch.to(self.device, non_blocking=True))
+        outputs = self.runtime(batch)
         scores = (outputs["quality"].float() * 100.0).clamp_(0.0, 100.0).cpu()
         causes = outputs.get("cause_logits")
         return scores, None if causes is None else torch.sigmoid(causes.float()).cpu()
@@ -131,7 +157,7 @@ class QualityModel:
     def _prepare(self, item: Any) -> tuple[ScoreResult, np.ndarray | None]:
         """Read and preprocess one input (runs in a worker thread)."""
         path = source_name(item)
-        result = ScoreResult(path=path, model=self.name, trained=self.trained)
+        result = ScoreResult(path=path, model=self.name, trained=self.trained, backend=self.runtime.describe())
         started = time.perf_counter()
         try:
             image = item if isinstance(item, FundusImage) else read_image(item, min_side=self.input_size)
@@ -178,38 +204,59 @@ def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device = "cpu",
     *,
+    backend: str | None = None,
+    precision: str | None = None,
     thresholds: Thresholds | None = None,
+    threads: int | None = None,
+    compile: bool = False,
 ) -> QualityModel:
-    """Load a quality model by registry name (shipped weights when present) or from a .safetensors file.
+    """Load a quality model by registry name (shipped weights when present), from a .safetensors file,
+    or from a file written by ``pyfundus export`` (.onnx, .engine).
 
     ``device``: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
+    ``backend``: "torch" (the default for weights), "onnxruntime" (exports the weights to ONNX
+    once, cached; the default for .onnx files), "tensorrt" (builds an engine once, cached; the
+    default for .engine files) or "auto" (the fastest backend that is installed and verified
+    here; ``model.backend_description`` says which and why).
+    ``precision``: "fp32", "fp16" or "bf16"; default fp32 on CPU, fp16 on CUDA.
     ``thresholds`` overrides the class thresholds stored with the weights.
+    ``threads``: CPU threads for torch and ONNX Runtime. ``compile``: torch.compile the torch backend.
     A registered name without shipped weights gives an untrained model and says so.
     """
     name_or_path = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
     device = _resolve_device(device)
+    if Path(name_or_path).suffix in (".onnx", ".engine"):
+        return _from_export(Path(name_or_path), device, backend, thresholds, threads)
     if is_model(name_or_path):
         shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
         if shipped.exists():
-            return _from_file(shipped, device, thresholds, name=name_or_path)
-        config = ModelConfig(arch=name_or_path)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # untrained, but at least the same numbers in every process
-            network = create_model(name_or_path)
-        if thresholds is not None:
-            config.thresholds = thresholds
-        return QualityModel(network, config, name_or_path, device)
-    path = Path(name_or_path)
-    if not path.exists():
-        from .models import list_models
+            network, config = _from_file(shipped)
+            name = name_or_path
+        else:
+            config = ModelConfig(arch=name_or_path)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # untrained, but at least the same numbers in every process
+                network = create_model(name_or_path)
+            name = name_or_path
+    else:
+        path = Path(name_or_path)
+        if not path.exists():
+            from .models import list_models
 
-        raise FileNotFoundError(
-            f"{name_or_path!r} is neither a registered model ({', '.join(list_models())}) nor an existing file"
-        )
-    return _from_file(path, device, thresholds, name=path.stem)
+            raise FileNotFoundError(
+                f"{name_or_path!r} is neither a registered model ({', '.join(list_models())}) nor an existing file"
+            )
+        network, config = _from_file(path)
+        name = path.stem
+    if thresholds is not None:
+        config.thresholds = thresholds
+    runtime = create_runtime(
+        backend or "torch", network.eval(), config, name, device, precision=precision, threads=threads, compile=compile
+    )
+    return QualityModel(network, config, name, device, runtime)
 
 
-def _from_file(path: Path, device: torch.device, thresholds: Thresholds | None, name: str) -> QualityModel:
+def _from_file(path: Path) -> tuple[torch.nn.Module, ModelConfig]:
     state, config = load_weights(path)
     network = create_model(config.arch, **config.arch_kwargs)
     missing, unexpected = network.load_state_dict(state, strict=False)
@@ -218,9 +265,36 @@ def _from_file(path: Path, device: torch.device, thresholds: Thresholds | None, 
             f"{path}: weights do not match architecture {config.arch} "
             f"(missing {len(missing)} tensors, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
         )
+    return network, config
+
+
+def _from_export(
+    path: Path, device: torch.device, backend: str | None, thresholds: Thresholds | None, threads: int | None
+) -> QualityModel:
+    """A model from an exported file alone: its metadata carries the config, thresholds and input size."""
+    import json
+
+    from .export.onnx import config_from_metadata
+    from .export.runtimes import OrtRuntime
+
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    wanted = "onnxruntime" if path.suffix == ".onnx" else "tensorrt"
+    if backend not in (None, wanted, "auto"):
+        raise ValueError(f"{path} runs with backend {wanted!r} (or 'auto'), not {backend!r}")
+    if path.suffix == ".onnx":
+        runtime: Runtime = OrtRuntime(path, device, threads=threads)
+        metadata = runtime.metadata
+    else:
+        from .export.tensorrt import TensorRTRuntime
+
+        runtime = TensorRTRuntime(path, device)
+        metadata = runtime.info.onnx_metadata
+    config = config_from_metadata(metadata)
     if thresholds is not None:
         config.thresholds = thresholds
-    return QualityModel(network, config, name, device)
+    name = metadata.get("model", path.stem)
+    return QualityModel(None, config, name, device, runtime, input_size=json.loads(metadata["input"])["size"])
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(commands)
     _add_train(commands)
     _add_eval(commands)
+    _add_export(commands)
+    _add_bench(commands)
     from .daemon.cli import add_commands as add_daemon_commands  # watch, results
 
     add_daemon_commands(commands)
@@ -68,6 +70,7 @@ def _add_score(commands) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns (quote globs)")
     p.add_argument("-m", "--model", default=None, help="registered model name or .safetensors file (default: shipped model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    _add_backend_options(p)
     p.add_argument("-b", "--batch-size", type=_positive_int, default=8, help="images per model call (default: 8)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
     fmt = p.add_mutually_exclusive_group()
@@ -88,7 +91,11 @@ CSV_COLUMNS = (
 def _run_score(args) -> int:
     from .api import ScoreResult, UntrainedModelWarning
 
-    model = _load_model_for_cli(args.model, args.device, args.reject_below, args.good_from)
+    model = _load_model_for_cli(
+        args.model, args.device, args.reject_below, args.good_from, backend=args.backend, precision=args.precision
+    )
+    if args.backend == "auto":
+        print(f"backend: {model.backend_description}", file=sys.stderr)
     entries = expand_paths(args.paths, recursive=args.recursive)
     targets = [path for path, problem in entries if problem is None]
     if not model.trained:
@@ -113,12 +120,21 @@ def _run_score(args) -> int:
     return 0
 
 
-def _load_model_for_cli(name, device, reject_below, good_from):
+def _add_backend_options(p) -> None:
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt", "auto"),
+                   help="runtime: torch, onnxruntime (exported once, cached), tensorrt, or auto (the fastest "
+                   "verified one here; says which on stderr) (default: torch; for .onnx/.engine models, "
+                   "the file's runtime)")  # fmt: skip
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="default: fp32 on CPU, fp16 on CUDA")
+
+
+def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, precision=None):
     from .api import load_model
+    from .export.tensorrt import TensorRTUnavailable
     from .grading import Thresholds
 
     try:
-        model = load_model(name, device=device)
+        model = load_model(name, device=device, backend=backend, precision=precision)
         if reject_below is not None or good_from is not None:
             current = model.thresholds
             model.config.thresholds = Thresholds(
@@ -127,7 +143,7 @@ def _load_model_for_cli(name, device, reject_below, good_from):
                 temperature=current.temperature,
                 calibrated=False,
             )
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError, TensorRTUnavailable) as exc:
         raise UsageError(str(exc)) from exc
     return model
 
@@ -404,6 +420,121 @@ def _run_eval(args) -> int:
             print(f"{name:>12}: {stats['mean']:.4f}{spread}")
         print(f"report written to {args.out}")
     return 0
+
+
+# ---- pyfundus export ----------------------------------------------------------
+
+
+def _add_export(commands) -> None:
+    p = commands.add_parser(
+        "export",
+        help="export a model to ONNX or a TensorRT engine",
+        description="ONNX: dynamic batch, 384x384, standard ops only (fused kernels decomposed), simplified and "
+        "checked, with the model's name, thresholds, trained flag and input normalisation in its metadata. "
+        "engine: a TensorRT engine built from that ONNX, with a JSON sidecar saying which GPU and TensorRT it is for.",
+    )
+    p.add_argument("--format", choices=("onnx", "engine"), required=True)
+    p.add_argument("-m", "--model", default=None, help="registered model name or .safetensors file (default: shipped model)")
+    p.add_argument("-o", "--output", type=Path, help="output file (default: MODEL[-fp16].onnx or .engine here)")
+    p.add_argument("--half", action="store_true", help="fp16 (LayerNorm and softmax stay fp32)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
+    p.add_argument("--device", default="cuda", help="engine: the GPU to build for (default: cuda)")
+    p.add_argument("--batch", type=_positive_int, nargs=3, default=(1, 8, 32), metavar=("MIN", "OPT", "MAX"),
+                   help="engine: batch sizes of the optimisation profile (default: 1 8 32)")  # fmt: skip
+    p.add_argument("--workspace", type=float, default=4.0, help="engine: builder workspace limit in GiB (default: 4)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from .export.onnx import OnnxExportError, export_onnx
+
+    model = _load_model_for_cli(args.model, "cpu", None, None)
+    precision = "fp16" if args.half else "fp32"
+    suffix = "-fp16" if args.half else ""
+    try:
+        if args.format == "onnx":
+            output = args.output or Path(f"{model.name}{suffix}.onnx")
+            export_onnx(model.network, model.config, model.name, output, half=args.half, opset=args.opset)
+        else:
+            from .export.tensorrt import TensorRTUnavailable, build_engine, build_plan, import_tensorrt
+
+            try:
+                trt = import_tensorrt()
+            except TensorRTUnavailable as exc:
+                raise UsageError(str(exc)) from exc
+            output = args.output or Path(f"{model.name}{suffix}.engine")
+            plan = build_plan(trt.__version__, precision)
+            onnx_path = output.with_name(f"{output.stem}.{plan['onnx_precision']}.onnx")
+            export_onnx(model.network, model.config, model.name, onnx_path, half=plan["onnx_precision"] == "fp16",
+                        opset=args.opset)  # fmt: skip
+            build_engine(onnx_path, output, precision=precision, device=args.device, batch=tuple(args.batch),
+                         workspace_gib=args.workspace, timing_cache=output.with_suffix(".timing"))  # fmt: skip
+    except (ValueError, RuntimeError, ImportError, OnnxExportError) as exc:
+        raise UsageError(str(exc)) from exc
+    print(output)
+    return 0
+
+
+# ---- pyfundus bench -----------------------------------------------------------
+
+
+def _add_bench(commands) -> None:
+    p = commands.add_parser(
+        "bench",
+        help="latency and throughput of each runtime backend",
+        description="For each available backend and precision and each batch size: warm-up, then p50/p95/p99 "
+        "latency and images/s of the model call, plus an end-to-end row (2304x1728 JPEG read, decoded, "
+        "preprocessed, scored) and peak memory, with the speed-up over torch eager fp32 from the same run.",
+    )
+    p.add_argument("-m", "--model", default=None, help="registered model name or .safetensors file (default: shipped model)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--backends", nargs="+", metavar="NAME",
+                   choices=("torch", "torch.compile", "torch+graphs", "onnxruntime", "tensorrt"),
+                   help="only these: torch, torch.compile, torch+graphs, onnxruntime, tensorrt (default: all)")  # fmt: skip
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "bf16"), help="only these (default: all)")
+    p.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 8, 32], help="batch sizes (default: 1 8 32)")
+    p.add_argument("--iters", type=_positive_int, default=50, help="timed calls per row, at most (default: 50)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
+    p.add_argument("--time-box", type=float, default=20.0,
+                   help="seconds per row after which timing stops (at least 3 calls) (default: 20)")  # fmt: skip
+    p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: all cores)")
+    p.add_argument("--no-end-to-end", action="store_true", help="skip the end-to-end rows")
+    p.add_argument("--daemon", action="store_true",
+                   help="also the daemon's close-write to verdict latency (pyfundus.daemon.bench)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print {header, rows} as JSON instead of a table")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> int:
+    from .bench import format_table, header, run_bench
+
+    rows = run_bench(
+        args.model, device=args.device, backends=args.backends, precisions=args.precisions, batches=tuple(args.batch),
+        iters=args.iters, warmup=args.warmup, time_box=args.time_box, end_to_end=not args.no_end_to_end,
+        threads=args.threads,
+    )  # fmt: skip
+    daemon_rows = _daemon_bench(args) if args.daemon else []
+    info = header(args.model, args.device, args.threads)
+    if args.json:
+        json.dump({"header": info, "rows": rows, "daemon": daemon_rows}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"# pyfundus bench, {info['date']}")
+    print(f"# {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, load average "
+          f"{', '.join(f'{x:.2f}' for x in info['load_average'] or ())}; GPU: {info['gpu'] or 'none'}")  # fmt: skip
+    print("# " + ", ".join(f"{name} {version}" for name, version in info["versions"].items()))
+    print(format_table(rows))
+    for row in daemon_rows:
+        print(json.dumps(row))
+    return 0
+
+
+def _daemon_bench(args) -> list[dict]:
+    try:
+        from .daemon.bench import run_daemon_bench
+    except ImportError as exc:
+        raise UsageError(f"--daemon needs pyfundus.daemon.bench.run_daemon_bench, which this install lacks ({exc})") from exc
+    return run_daemon_bench(args.model, device=args.device)
 
 
 def _positive_int(text: str) -> int:

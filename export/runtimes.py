@@ -1,0 +1,352 @@
+"""Runtime backends behind ``QualityModel``: torch, ONNX Runtime and TensorRT, one calling convention.
+
+A runtime takes a preprocessed float32 batch (B, 3, 384, 384) on any device and
+returns the model's heads as a dict of tensors ({"quality": (B,), ...}), exactly
+as ``FTHNet.forward_with_heads`` would. Turning ``quality`` into a 0-100 score
+stays in ``QualityModel``, so every backend is graded by the same code.
+
+``backend="auto"`` is a small decision table (see :func:`create_runtime`):
+
+* CUDA: TensorRT when it is installed and a valid engine for this model and GPU
+  is cached, else torch fp16;
+* CPU: ONNX Runtime fp32 when it is installed and matches torch on a probe batch
+  at load time (it ran about 3x faster than torch eager on two cores, see
+  benchmarks/RESULTS.md, "Backends"), else torch fp32.
+
+The choice and why are kept in ``runtime.choice``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..paths import cache_dir
+from ..weights import ModelConfig
+from .onnx import DEFAULT_OPSET, INPUT_NAME, convert_to_fp16, export_onnx, fingerprint, read_metadata
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "BACKENDS",
+    "PARITY_TOLERANCE",
+    "PRECISIONS",
+    "OrtRuntime",
+    "Runtime",
+    "TorchRuntime",
+    "cached_onnx_path",
+    "create_runtime",
+    "onnx_for",
+    "parity",
+]
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+PRECISIONS = ("fp32", "fp16", "bf16")
+# Largest |score difference| to torch eager fp32 (0-100 scale, before clamping) a backend may show.
+PARITY_TOLERANCE = {"fp32": 0.05, "fp16": 0.5, "bf16": 1.0}
+_AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Runtime:
+    """Base class: ``backend``, ``precision``, ``device``, ``choice`` and ``__call__(batch) -> heads``."""
+
+    backend = ""
+    precision = "fp32"
+    device = torch.device("cpu")
+    choice = ""  # set by backend="auto": what was picked and why
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.backend} {self.precision} on {self.device}"
+
+
+class TorchRuntime(Runtime):
+    """torch eager (or ``torch.compile``), optionally under autocast.
+
+    CPU: fp32 or bf16 autocast. CUDA: fp32, fp16 or bf16 autocast (LayerNorm and softmax
+    stay fp32 under autocast), channels-last weights and input for the convolutions,
+    pinned host buffers for the upload, and optional CUDA graphs: one graph captured per
+    batch size seen, replayed afterwards (the capture costs a few forward passes).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        device: torch.device,
+        precision: str | None = None,
+        *,
+        compile: bool = False,
+        channels_last: bool | None = None,
+        cuda_graphs: bool = False,
+    ):
+        self.device = torch.device(device)
+        cuda = self.device.type == "cuda"
+        self.precision = precision or ("fp16" if cuda else "fp32")
+        _check_precision(self.precision)
+        if self.precision == "fp16" and not cuda:
+            raise ValueError("fp16 is offered on CUDA only (on CPU torch computes many fp16 ops slowly); use bf16")
+        if cuda_graphs and not cuda:
+            raise ValueError("CUDA graphs need a CUDA device")
+        self.backend = "torch.compile" if compile else "torch"
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.network = network.eval().to(self.device)
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last)
+        forward = self.network.forward_with_heads
+        self._forward = torch.compile(forward) if compile else forward
+        self._dtype = _AUTOCAST_DTYPES.get(self.precision)
+        self._graphs: dict[int, _CapturedGraph] | None = {} if cuda_graphs else None
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def describe(self) -> str:
+        extras = [name for name, on in (("channels-last", self.channels_last), ("CUDA graphs", self._graphs is not None)) if on]
+        return super().describe() + (f" ({', '.join(extras)})" if extras else "")
+
+    @torch.inference_mode()
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = self._upload(batch)
+        if self._graphs is None:
+            return self._run(batch)
+        graph = self._graphs.get(batch.shape[0])
+        if graph is None:
+            graph = self._graphs[batch.shape[0]] = _CapturedGraph(self._run, batch)
+        return graph(batch)
+
+    def _run(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        # No autocast weight cache under CUDA graphs: casts cached during capture would be freed behind the graph.
+        with torch.autocast(
+            self.device.type, dtype=self._dtype, enabled=self._dtype is not None, cache_enabled=self._graphs is None
+        ):
+            return self._forward(batch)
+
+    def _upload(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and batch.device.type == "cpu":
+            # Through a pinned buffer, so the copy is a real asynchronous DMA. The buffer
+            # is reused by the next call only after QualityModel read the results (a sync).
+            staging = self._pinned.get(tuple(batch.shape))
+            if staging is None:
+                staging = self._pinned[tuple(batch.shape)] = torch.empty(batch.shape, dtype=batch.dtype, pin_memory=True)
+            staging.copy_(batch)
+            batch = staging.to(self.device, non_blocking=True)
+        else:
+            batch = batch.to(self.device)
+        return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+
+class _CapturedGraph:
+    """One CUDA graph for one batch shape: static input and outputs, replay per call."""
+
+    def __init__(self, run, example: torch.Tensor):
+        self.input = example.clone()
+        side = torch.cuda.Stream(example.device)
+        side.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up outside the capture: lazy inits, cuBLAS workspaces
+                run(self.input)
+        torch.cuda.current_stream(example.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = run(self.input)
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.input.copy_(batch)
+        self.graph.replay()
+        # Copies: the static outputs are overwritten by the next replay.
+        return {name: out.clone() for name, out in self.outputs.items()}
+
+
+class OrtRuntime(Runtime):
+    """ONNX Runtime on an exported file: CPU provider, CUDA provider when installed and asked for.
+
+    On CUDA the input and outputs are bound to torch tensors (IO binding), so the batch
+    never goes through host memory; on CPU ``session.run`` already reads the numpy view
+    of the batch without a copy, so binding would add nothing.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | Path, device: torch.device, *, threads: int | None = None):
+        ort = _import_onnxruntime()
+        self.path = Path(path)
+        self.device = torch.device(device)
+        self.metadata = read_metadata(self.path)
+        self.precision = self.metadata["precision"]
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or 0  # 0: one per physical core
+        options.inter_op_num_threads = 1  # the graph is a chain: parallel branches buy nothing
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError(
+                    "device 'cuda' with backend 'onnxruntime' needs onnxruntime-gpu (CUDAExecutionProvider); "
+                    f"this onnxruntime has {', '.join(ort.get_available_providers())}"
+                )
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": self.device.index or 0}))
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.input_name = INPUT_NAME
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        self._output_shapes = {output.name: output.shape for output in self.session.get_outputs()}
+
+    def describe(self) -> str:
+        return super().describe() + f" ({self.session.get_providers()[0]})"
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = batch.float()
+        if self.device.type == "cuda":
+            return self._run_bound(batch)
+        outputs = self.session.run(self.output_names, {self.input_name: batch.cpu().contiguous().numpy()})
+        return {name: torch.from_numpy(value) for name, value in zip(self.output_names, outputs)}
+
+    def _run_bound(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        index = self.device.index or 0
+        x = batch.to(self.device).contiguous()
+        binding = self.session.io_binding()
+        binding.bind_input(self.input_name, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            shape = tuple(x.shape[0] if isinstance(dim, str) else dim for dim in self._output_shapes[name])
+            outputs[name] = torch.empty(shape, dtype=torch.float32, device=self.device)
+            binding.bind_output(name, "cuda", index, np.float32, shape, outputs[name].data_ptr())
+        torch.cuda.current_stream(self.device).synchronize()  # ORT runs on its own stream: x must be written
+        self.session.run_with_iobinding(binding)
+        return outputs
+
+
+def create_runtime(
+    backend: str,
+    network: torch.nn.Module,
+    config: ModelConfig,
+    name: str,
+    device: torch.device,
+    *,
+    precision: str | None = None,
+    threads: int | None = None,
+    compile: bool = False,
+    cuda_graphs: bool = False,
+) -> Runtime:
+    """The runtime for ``backend`` (see the module docstring for ``"auto"``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision is not None:
+        _check_precision(precision)
+    if threads:
+        torch.set_num_threads(threads)
+    if backend == "torch":
+        return TorchRuntime(network, device, precision, compile=compile, cuda_graphs=cuda_graphs)
+    if backend == "onnxruntime":
+        if precision == "bf16":
+            raise ValueError("onnxruntime runs fp32 or fp16 exports; bf16 is a torch option")
+        return OrtRuntime(onnx_for(network, config, name, precision or "fp32"), device, threads=threads)
+    if backend == "tensorrt":
+        from .tensorrt import engine_for
+
+        return engine_for(network, config, name, device, precision or "fp16")
+    return _auto(network, config, name, device, precision=precision, threads=threads)
+
+
+def _auto(network, config, name, device, *, precision, threads) -> Runtime:
+    if device.type == "cuda":
+        from .tensorrt import TensorRTUnavailable, cached_engine
+
+        try:
+            runtime = cached_engine(network, config, name, device, precision or "fp16")
+            reason = "no valid cached engine for this model and GPU (build one with pyfundus export --format engine)"
+        except TensorRTUnavailable:
+            runtime, reason = None, "TensorRT is not installed"
+        if runtime is not None:
+            runtime.choice = "auto: tensorrt (a valid engine for this GPU is cached)"
+            return runtime
+        runtime = TorchRuntime(network, device, precision or "fp16")
+        runtime.choice = f"auto: torch {runtime.precision} on CUDA ({reason})"
+        return runtime
+    precision = precision or "fp32"
+    try:
+        _import_onnxruntime()
+        reason = ""
+    except ImportError:
+        reason = "onnxruntime is not installed"
+    if not reason and precision in ("fp32", "fp16"):
+        runtime = OrtRuntime(onnx_for(network, config, name, precision), device, threads=threads)
+        difference = parity(runtime, network)
+        if difference <= PARITY_TOLERANCE[precision]:
+            runtime.choice = f"auto: onnxruntime {precision} (fastest on CPU; matches torch to {difference:.2g} score points)"
+            return runtime
+        reason = f"onnxruntime differed from torch by {difference:.3f} score points"
+        log.warning("backend auto: %s; using torch", reason)
+    runtime = TorchRuntime(network, device, precision)
+    runtime.choice = f"auto: torch {runtime.precision} ({reason or f'onnxruntime does not run {precision}'})"
+    return runtime
+
+
+def parity(runtime: Runtime, network: torch.nn.Module, batch: torch.Tensor | None = None) -> float:
+    """Largest |score difference| between ``runtime`` and torch eager fp32 (reference kernels), 0-100 scale.
+
+    Compared before clamping to 0-100: an untrained model scores below 0, where the
+    clamped scores would all be 0 and agree whatever the runtime computed.
+    """
+    from ..ops.config import use_kernels
+
+    if batch is None:
+        size = int(getattr(network, "img_size", 384))
+        batch = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    network = network.eval()
+    first = next(network.parameters())
+    with torch.inference_mode(), use_kernels("reference"):
+        expected = network.forward_with_heads(batch.to(first.device, first.dtype))["quality"].float().cpu()
+    got = runtime(batch)["quality"].float().cpu()
+    return float((got - expected).abs().max()) * 100.0
+
+
+def onnx_for(network: torch.nn.Module, config: ModelConfig, name: str, precision: str, *, progress: bool = True) -> Path:
+    """The cached ONNX export of these weights: traced once; fp16 is converted from the cached fp32 file."""
+    path = cached_onnx_path(network, config, name, precision)
+    folder = path.parent
+    if path.exists():
+        return path
+    source = onnx_for(network, config, name, "fp32", progress=progress) if precision == "fp16" else None
+    log.warning("exporting %s to ONNX (%s) once; cached at %s", name, precision, path)
+    folder.mkdir(parents=True, exist_ok=True)
+    # Written under a temporary name and renamed, so a concurrent process never reads half a file.
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".onnx.part")
+    os.close(handle)
+    try:
+        if source is None:
+            export_onnx(network, config, name, temporary, progress=progress)
+        else:
+            convert_to_fp16(source, temporary, progress=progress)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return path
+
+
+def cached_onnx_path(network: torch.nn.Module, config: ModelConfig, name: str, precision: str) -> Path:
+    """Where :func:`onnx_for` keeps the export of these weights (one file per weights, exporter and precision)."""
+    return cache_dir() / "export" / f"{_safe(name)}-{fingerprint(network, config, DEFAULT_OPSET)[:16]}-{precision}.onnx"
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise ImportError(f"backend 'onnxruntime' needs the export extra: pip install 'pyfundus[export]' ({exc})") from exc
+    return onnxruntime

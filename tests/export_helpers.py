@@ -1,0 +1,68 @@
+"""Shared by test_export.py and test_bench.py: one ONNX export per test session, real sample photos."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from pyfundus.api import UntrainedModelWarning, load_model
+from pyfundus.cli import main
+from pyfundus.data.samples import sample_paths
+from pyfundus.export import runtimes, tensorrt
+
+# Real photos of different cameras and formats (the DICOM is a Topcon capture).
+PARITY_SAMPLES = ("skimage_retina.png", "CHASEDB1_08L.png", "HRF_04_g.jpg", "issue_3.dcm")
+
+
+def export_extra(module: str):
+    """The export extra is part of the test extra: in CI a missing package fails instead of skipping."""
+    if os.environ.get("CI") == "true":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason="needs the export extra: pip install -e '.[export]'")
+
+
+def untrained_model():
+    """FTHNet-S with the seeded random weights load_model gives when no weights ship."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)
+        return load_model("fthnet_s")
+
+
+@contextlib.contextmanager
+def export_cache(tmp_path_factory):
+    """A cache folder for exports shared by every test module of this session (so the model is
+    traced once per session), in place of the user's ~/.cache/pyfundus/export."""
+    folder = tmp_path_factory.getbasetemp() / "pyfundus-export-cache"
+    folder.mkdir(exist_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runtimes, "cache_dir", lambda: folder)
+        patch.setattr(tensorrt, "cache_dir", lambda: folder)
+        yield folder
+
+
+def cli_fp32_export(model, tmp_path_factory) -> Path:
+    """The fp32 ONNX of ``model`` made by ``pyfundus export`` once per session, placed where
+    load_model(backend="onnxruntime"/"auto") looks for it. Needs export_cache active."""
+    cached = runtimes.cached_onnx_path(model.network, model.config, model.name, "fp32")
+    if not cached.exists():
+        output = tmp_path_factory.mktemp("cli-export") / "fthnet_s.onnx"
+        assert main(["export", "--format", "onnx", "--model", "fthnet_s", "--output", str(output)]) == 0
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(output, cached)
+    return cached
+
+
+def parity_samples() -> list[Path]:
+    try:
+        paths = {path.name: path for path in sample_paths()}
+    except FileNotFoundError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{exc} (CI=true: the samples must be fetched in CI)", pytrace=False)
+        pytest.skip(str(exc))
+    return [paths[name] for name in PARITY_SAMPLES]
