@@ -94,7 +94,7 @@ def _add_watch(subparsers: Any) -> None:
             kwargs["choices"] = option.choices
         else:
             kwargs.update(type=_FLAG_TYPES[option.kind], metavar=option.metavar)
-        p.add_argument(option.flag, **kwargs)
+        p.add_argument(*option.flags, **kwargs)
     p.set_defaults(run=_run_watch)
 
 

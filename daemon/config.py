@@ -28,10 +28,11 @@ class Option:
     help: str
     metavar: str | None = None
     choices: tuple[str, ...] = ()
+    alias: str | None = None  # a shorter flag, e.g. --port for --web-port
 
     @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+    def flags(self) -> tuple[str, ...]:
+        return ("--" + self.name.replace("_", "-"),) + ((self.alias,) if self.alias else ())
 
 
 # The outcomes a verdict can have: the three grades, or Failed when the capture could not be scored.
@@ -71,7 +72,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("web", "bool", "serve the operator page, /healthz and /metrics (default: on)"),
     Option("web_host", "text", "address the operator page listens on (default: 127.0.0.1, this machine only; "
            "any other address shows patient IDs and file names to the network)", "HOST"),
-    Option("web_port", "port", "operator page port; 0 picks a free one and logs it (default: 8470)", "PORT"),
+    Option("web_port", "port", "operator page port; 0 picks a free one and logs it (default: 8470)", "PORT",
+           alias="--port"),
     # Alerts and reject actions (alerts.py, rejects.py): all off until configured.
     Option("alert_on", "classes", "which verdicts trigger the alerts; repeatable (default: Reject and Failed)", "CLASS",
            VERDICT_CLASSES),

@@ -395,3 +395,14 @@ def test_watch_prints_the_page_address_and_sigterm_ends_it_with_a_page_open(tmp_
         proc.kill()
         proc.wait()
     assert "a.png" in proc.stdout.read()
+
+
+def test_port_flag_is_the_short_form_of_web_port(tmp_path):
+    import argparse
+
+    from pyfundus.daemon.cli import add_commands
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    assert parser.parse_args(["watch", str(tmp_path), "--port", "9001"]).web_port == 9001
+    assert parser.parse_args(["watch", str(tmp_path), "--web-port", "9002"]).web_port == 9002
