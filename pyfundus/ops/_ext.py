@@ -79,3 +79,13 @@ def dtype_code(ext: ModuleType, dtype: torch.dtype) -> int:
 def cuda_target(x: torch.Tensor) -> tuple[int, int]:
     """(device index, handle of the current stream) for a CUDA tensor."""
     return x.device.index, torch.cuda.current_stream(x.device).cuda_stream
+
+
+def launch(kernel: str, like: torch.Tensor, *args: int) -> None:
+    """Call ``kernel`` of ``like``'s device module with ``args``, then ``like``'s dtype code and the
+    device's own tail: the thread count on CPU, (device index, current stream) on CUDA."""
+    if like.device.type == "cpu":
+        ext, tail = cpu_kernels(), (torch.get_num_threads(),)
+    else:
+        ext, tail = cuda_kernels(), cuda_target(like)
+    getattr(ext, kernel)(*args, dtype_code(ext, like.dtype), *tail)

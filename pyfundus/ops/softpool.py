@@ -24,14 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ext import (
-    DTYPE_NAMES,
-    HALF_TYPES,
-    cpu_kernels,
-    cuda_kernels,
-    cuda_target,
-    dtype_code,
-)
+from ._ext import DTYPE_NAMES, HALF_TYPES, cuda_kernels, dtype_code, launch
 from .config import kernel_mode
 
 __all__ = ["softpool2d", "softpool2d_reference"]
@@ -135,13 +128,7 @@ def _forward(x: Tensor, g: _Geometry) -> Tensor:
     layouts (channels_last, views) are copied first."""
     x = x.contiguous()
     y = x.new_empty((x.shape[0], x.shape[1], g.oh, g.ow))
-    args = (x.data_ptr(), y.data_ptr(), *_sizes(x, g))
-    if x.device.type == "cpu":
-        ext = cpu_kernels()
-        ext.softpool2d_forward(*args, dtype_code(ext, x.dtype), torch.get_num_threads())
-    else:
-        ext = cuda_kernels()
-        ext.softpool2d_forward(*args, dtype_code(ext, x.dtype), *cuda_target(x))
+    launch("softpool2d_forward", x, x.data_ptr(), y.data_ptr(), *_sizes(x, g))
     return y
 
 
@@ -150,19 +137,16 @@ def _backward(grad_y: Tensor, x: Tensor, g: _Geometry) -> Tensor:
     grad_x = torch.empty_like(x)  # x is contiguous, so grad_x is too
     args = (grad_y.data_ptr(), x.data_ptr(), grad_x.data_ptr())
     if x.device.type == "cpu":
-        ext = cpu_kernels()
-        code = dtype_code(ext, x.dtype)
-        ext.softpool2d_backward(*args, *_sizes(x, g), code, torch.get_num_threads())
-    else:
-        ext = cuda_kernels()
-        code = dtype_code(ext, x.dtype)
-        # Half types with overlapping windows accumulate in a float32 buffer,
-        # taken from torch's allocator on the current stream.
-        scratch = None
-        if ext.backward_needs_scratch(g.kh, g.kw, g.sh, g.sw, code):
-            scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        scratch_ptr = 0 if scratch is None else scratch.data_ptr()
-        ext.softpool2d_backward(*args, scratch_ptr, *_sizes(x, g), code, *cuda_target(x))
+        launch("softpool2d_backward", x, *args, *_sizes(x, g))
+        return grad_x
+    # Half types with overlapping windows accumulate in a float32 buffer,
+    # taken from torch's allocator on the current stream.
+    ext = cuda_kernels()
+    scratch = None
+    if ext.backward_needs_scratch(g.kh, g.kw, g.sh, g.sw, dtype_code(ext, x.dtype)):
+        scratch = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    scratch_ptr = 0 if scratch is None else scratch.data_ptr()
+    launch("softpool2d_backward", x, *args, scratch_ptr, *_sizes(x, g))
     return grad_x
 
 

@@ -26,14 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._ext import (
-    DTYPE_NAMES,
-    HALF_TYPES,
-    cpu_kernels,
-    cuda_kernels,
-    cuda_target,
-    dtype_code,
-)
+from ._ext import DTYPE_NAMES, HALF_TYPES, launch
 from .config import kernel_mode
 
 __all__ = ["shifted_window_mask", "window_attention", "window_attention_reference"]
@@ -151,13 +144,7 @@ def _forward(qkv: Tensor, bias: Tensor, mask: Optional[Tensor], sizes: tuple[int
     qkv, bias = qkv.contiguous(), bias.contiguous()
     mask = None if mask is None else mask.contiguous()
     out = qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
-    args = (qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask), out.data_ptr(), *sizes)
-    if qkv.device.type == "cpu":
-        ext = cpu_kernels()
-        ext.window_attention_forward(*args, dtype_code(ext, qkv.dtype), torch.get_num_threads())
-    else:
-        ext = cuda_kernels()
-        ext.window_attention_forward(*args, dtype_code(ext, qkv.dtype), *cuda_target(qkv))
+    launch("window_attention_forward", qkv, qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask), out.data_ptr(), *sizes)
     return out
 
 
@@ -167,25 +154,18 @@ def _backward(
     grad_out, qkv, bias = grad_out.contiguous(), qkv.contiguous(), bias.contiguous()
     mask = None if mask is None else mask.contiguous()
     if qkv.device.type == "cpu":
-        ext = cpu_kernels()
         grad_qkv, grad_bias = torch.empty_like(qkv), torch.empty_like(bias)
-        args = (grad_out.data_ptr(), qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask))
-        ext.window_attention_backward(
-            *args, grad_qkv.data_ptr(), grad_bias.data_ptr(), *sizes,
-            dtype_code(ext, qkv.dtype), torch.get_num_threads(),
-        )  # fmt: skip
-        return grad_qkv, grad_bias
-    # The CUDA kernel adds the key/value and bias gradients of many blocks
-    # atomically, so it accumulates into zeroed float32 (float64) buffers
-    # taken from torch's allocator on the current stream; one cast at the end.
-    ext = cuda_kernels()
-    accum = torch.float64 if qkv.dtype == torch.float64 else torch.float32
-    grad_qkv = torch.zeros(qkv.shape, dtype=accum, device=qkv.device)
-    grad_bias = torch.zeros(bias.shape, dtype=accum, device=qkv.device)
-    args = (grad_out.data_ptr(), qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask))
-    ext.window_attention_backward(
-        *args, grad_qkv.data_ptr(), grad_bias.data_ptr(), *sizes,
-        dtype_code(ext, qkv.dtype), *cuda_target(qkv),
+    else:
+        # The CUDA kernel adds the key/value and bias gradients of many blocks
+        # atomically, so it accumulates into zeroed float32 (float64) buffers
+        # taken from torch's allocator on the current stream; one cast at the end.
+        accum = torch.float64 if qkv.dtype == torch.float64 else torch.float32
+        grad_qkv = torch.zeros(qkv.shape, dtype=accum, device=qkv.device)
+        grad_bias = torch.zeros(bias.shape, dtype=accum, device=qkv.device)
+    launch(
+        "window_attention_backward", qkv,
+        grad_out.data_ptr(), qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask),
+        grad_qkv.data_ptr(), grad_bias.data_ptr(), *sizes,
     )  # fmt: skip
     return grad_qkv.to(qkv.dtype), grad_bias.to(qkv.dtype)
 
