@@ -13,6 +13,7 @@ import sys
 
 import pytest
 import torch
+from cuda_helpers import requires_cuda
 
 from pyfundus.ops import softpool as softpool_module
 from pyfundus.ops import softpool2d, softpool2d_reference
@@ -442,17 +443,6 @@ def test_cpu_use_never_imports_the_cuda_module():
 
 # ---- CUDA ------------------------------------------------------------------------------
 
-
-def _cuda_skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    if not cuda_kernels_available():
-        return "pyfundus._C_cuda is absent (pyfundus was built without nvcc)"
-    return None
-
-
-_CUDA_REASON = _cuda_skip_reason()
-requires_cuda = pytest.mark.skipif(_CUDA_REASON is not None, reason=str(_CUDA_REASON))
 
 CUDA_CASES = [
     ((2, 4, 96, 96), 12, 12),  # tiles

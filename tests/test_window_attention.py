@@ -12,10 +12,11 @@ import random
 
 import pytest
 import torch
+from cuda_helpers import requires_cuda
 
 from pyfundus.models import create_model
 from pyfundus.ops import window_attention as wa_module
-from pyfundus.ops._ext import cpu_kernels, cuda_kernels_available
+from pyfundus.ops._ext import cpu_kernels
 from pyfundus.ops.config import ENV_VAR, use_kernels
 from pyfundus.ops.window_attention import (
     shifted_window_mask,
@@ -396,17 +397,6 @@ def test_kernels_are_in_the_built_modules():
 
 # ---- CUDA ------------------------------------------------------------------------------
 
-
-def _cuda_skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device (torch.cuda.is_available() is False)"
-    if not cuda_kernels_available():
-        return "pyfundus._C_cuda is absent (pyfundus was built without nvcc)"
-    return None
-
-
-_CUDA_REASON = _cuda_skip_reason()
-requires_cuda = pytest.mark.skipif(_CUDA_REASON is not None, reason=str(_CUDA_REASON))
 
 CUDA_CASES = [
     (2, 8, 8, 16, 2, 4, 2),
