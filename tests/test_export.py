@@ -130,10 +130,13 @@ def test_onnxruntime_matches_torch_eager(precision, fp32_file, fp16_file, model,
         assert np.abs(got - expected).max() < tolerance, (precision, got, expected)
 
 
-def test_torch_bf16_autocast_stays_close_and_bad_options_are_refused(model):
+def test_torch_bf16_autocast_stays_close_and_bad_options_are_refused(model, photos):
     bf16 = TorchRuntime(model.network, torch.device("cpu"), "bf16")
     assert bf16.describe() == "torch bf16 on cpu"
     assert parity(bf16, model.network) < PARITY_TOLERANCE["bf16"]
+    with torch.inference_mode():
+        expected = _raw_scores(model.network.forward_with_heads(photos))
+    assert np.abs(_raw_scores(bf16(photos)) - expected).max() < PARITY_TOLERANCE["bf16"]  # real photos too
     with pytest.raises(ValueError, match="fp16 is offered on CUDA only"):
         TorchRuntime(model.network, torch.device("cpu"), "fp16")
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
@@ -142,14 +145,34 @@ def test_torch_bf16_autocast_stays_close_and_bad_options_are_refused(model):
         load_model("fthnet_s", backend="openvino")
 
 
-def test_auto_picks_verified_onnxruntime_on_cpu_and_says_so(fp32_file, photos, monkeypatch):
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert runtimes.cpu_has_native_bf16(str(cpuinfo)) is False  # AVX-512 alone converts, it does not compute bf16
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
+    assert runtimes.cpu_has_native_bf16(str(cpuinfo)) is True
+    assert runtimes.cpu_has_native_bf16(str(tmp_path / "missing")) is False
+
+
+def test_auto_on_cpu_picks_a_verified_backend_and_says_so(fp32_file, monkeypatch):
+    samples = parity_samples()[:2]
+    # A CPU with bf16 instructions: torch bf16 with the fused kernels, checked against fp32 first.
+    monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: True)
+    auto = load_model("fthnet_s", backend="auto")
+    assert auto.backend_description.startswith("torch bf16 on cpu; auto: torch bf16 (this CPU has native bf16")
+    results = auto.score(samples)
+    assert all(r.ok and r.backend == "torch bf16 on cpu" for r in results)
+    assert results[0].to_dict()["backend"] == results[0].backend
+    # ... unless that check fails: then on to ONNX Runtime, as on a CPU without bf16.
+    real_parity = runtimes.parity
+    monkeypatch.setattr(runtimes, "parity", lambda runtime, network: 5.0 if "bf16" in runtime.describe() else 0.0)
+    assert "auto: onnxruntime fp32" in load_model("fthnet_s", backend="auto").backend_description
+    monkeypatch.setattr(runtimes, "parity", real_parity)
+    monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: False)
     auto = load_model("fthnet_s", backend="auto")
     assert auto.backend == "onnxruntime"
     assert "auto: onnxruntime fp32" in auto.backend_description
-    samples = parity_samples()
-    results = auto.score(samples[:2])
-    assert all(r.ok and r.backend.startswith("onnxruntime fp32 on cpu") for r in results)
-    assert results[0].to_dict()["backend"] == results[0].backend
+    assert all(r.ok and r.backend.startswith("onnxruntime fp32 on cpu") for r in auto.score(samples))
 
     def missing():
         raise ImportError("no onnxruntime here")
