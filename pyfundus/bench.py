@@ -99,8 +99,12 @@ def run_bench(
                 rows.append({**common, "batch": batch, "mode": "model", **stats})
             if jpeg:
                 log(f"{variant.backend} {variant.precision}: timing end to end from a 2304x1728 JPEG")
-                stats = _time(lambda: quality.score([str(jpeg)], batch_size=1), 1, iters, warmup, time_box, torch_device)
-                rows.append({**common, "batch": 1, "mode": "end-to-end", **stats})
+                stages: list[dict[str, float]] = []
+                stats = _time(
+                    lambda: stages.append(quality.score([str(jpeg)], batch_size=1)[0].timing_ms),
+                    1, iters, warmup, time_box, torch_device,
+                )  # fmt: skip
+                rows.append({**common, "batch": 1, "mode": "end-to-end", **stats, **_stage_medians(stages[warmup:])})
             quality = None  # free this runtime before the next one loads
     _add_speedups(rows)
     return rows
@@ -131,7 +135,7 @@ def header(model: str | None, device: str, threads: int | None) -> dict[str, Any
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     columns = ("backend", "precision", "device", "mode", "batch", "p50_ms", "p95_ms", "p99_ms", "images_per_s",
-               "peak_mem_mb", "vs_torch_fp32", "iters")  # fmt: skip
+               "peak_mem_mb", "vs_torch_fp32", "iters", "read_ms", "preprocess_ms")  # fmt: skip
     lines = [" | ".join(columns), " | ".join("---" for _ in columns)]
     for row in rows:
         if "error" in row:
@@ -182,6 +186,14 @@ def _time(call, batch: int, iters: int, warmup: int, time_box: float, device: to
         "images_per_s": round(batch * len(ms) / (ms.sum() / 1000.0), 2),
         "iters": len(ms),
         "peak_mem_mb": _peak_memory_mb(device),
+    }
+
+
+def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
+    """Where an end-to-end call's time goes: median read, preprocess and model ms (from ScoreResult.timing_ms)."""
+    return {
+        f"{stage}_ms": round(float(np.median([timing[stage] for timing in stages])), 2)
+        for stage in ("read", "preprocess", "model")
     }
 
 

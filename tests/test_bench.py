@@ -43,6 +43,10 @@ def test_bench_json_rows_are_complete_and_measured(onnx_cached, capsys):
         assert row["vs_torch_fp32"] > 0
         # images/s and latency come from the same timed calls
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["mean_ms"], rel=0.02)
+        if row["mode"] == "end-to-end":  # where the time goes, from the results' own timings
+            assert row["read_ms"] > 0 and row["preprocess_ms"] > 0 and 0 < row["model_ms"] < row["p99_ms"]
+        else:
+            assert "read_ms" not in row
     for row in rows:
         if row["backend"] == "torch":
             assert row["vs_torch_fp32"] == 1.0
