@@ -65,6 +65,7 @@ class TrainConfig:
     device: str = "cpu"
     input_size: int = 384
     crop_jitter: float = 0.15  # train crops take 1/(1+jitter)..1 of the field of view's side
+    camera_looks: bool = False  # a fresh camera look and sensor frame per training image (see _camera_render)
     init_from: str | None = None  # start from these weights (safetensors of the same architecture and heads)
 
     def __post_init__(self):
@@ -198,7 +199,7 @@ class _BatchLoader:
         )
 
     def _augmented(self, record: QualityRecord, rng: np.random.Generator) -> np.ndarray | None:
-        """FOV crop, random crop of 1/(1+jitter)..1 of its side, resize, random flips."""
+        """FOV crop, random crop of 1/(1+jitter)..1 of its side, resize, random flips (and camera looks)."""
         try:
             square = _fov_square(record.path, self.config.input_size)
         except (ImageReadError, NoFundusError) as exc:
@@ -211,11 +212,35 @@ class _BatchLoader:
         y, x = rng.integers(0, side - crop + 1, size=2)
         patch = Image.fromarray(square[y : y + crop, x : x + crop])
         patch = np.asarray(patch.resize((self.config.input_size,) * 2, Image.Resampling.BILINEAR))
+        if self.config.camera_looks:
+            patch = _camera_render(patch, rng)
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
         if rng.random() < 0.5:
             patch = patch[::-1]
         return to_model_input(np.ascontiguousarray(patch))
+
+
+def _camera_render(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``square`` as another camera might have captured it, same label.
+
+    A fresh colour look (:class:`~pyfundus.data.proxy.Look`) every time the image
+    is drawn, and on half the draws a sensor frame that cuts the top and bottom
+    of the circle (as 4:3 sensors do: HRF, many Topcon and Canon models), nearly
+    symmetric so it does not pass for an off-centre capture. With a handful of
+    source photos, colour and frame otherwise identify the source, and the model
+    learns "looks like my training photos" instead of "is degraded".
+    """
+    from .data.proxy import Look
+
+    out = Look.draw(rng).apply(square)
+    if rng.random() < 0.5:
+        side = out.shape[0]
+        cut, tilt = rng.uniform(0.0, 0.17), rng.uniform(-0.03, 0.03)
+        top, bottom = (int(round(max(0.0, cut + d) * side)) for d in (tilt, -tilt))
+        out[:top] = 0
+        out[side - bottom :] = 0
+    return out
 
 
 def _fov_square(path, min_side: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from pyfundus.data.datasets import (
 )
 from pyfundus.data.degrade import DegradationRecord, replay
 from pyfundus.data.proxy import BASE_QUALITY, Look, Source, _load_source, build_proxy, proxy_mos
-from pyfundus.train import TrainConfig, train
+from pyfundus.train import TrainConfig, _camera_render, train
 from pyfundus.weights import load_weights
 
 TINY = {"depths": [1, 1, 1, 1], "drop_path_rate": 0.1}
@@ -69,6 +69,24 @@ def test_camera_look_keeps_black_and_stays_mild():
     assert np.array_equal(Look().apply(clean), clean)
 
 
+def test_training_camera_render_keeps_the_fundus_and_cuts_a_sensor_frame():
+    clean = _load_source(Source("x", synth_seed=11))
+    outside = clean.max(axis=2) == 0
+    framed = 0
+    for seed in range(40):
+        rendered = _camera_render(clean.copy(), np.random.default_rng(seed))
+        assert np.array_equal(rendered, _camera_render(clean.copy(), np.random.default_rng(seed)))  # reproducible
+        assert not rendered[outside].any()  # black stays black
+        rows = rendered.max(axis=(1, 2)) > 0
+        top, bottom = rows.argmax(), rows[::-1].argmax()
+        assert rows[top : len(rows) - bottom].all()  # one band of image rows, the fundus kept in between
+        if top > 0.05 * len(rows):
+            framed += 1
+            # nearly symmetric, as a sensor cuts it; an off-centre capture is a defect, not a look
+            assert abs(int(top) - int(bottom)) <= 0.07 * len(rows)
+    assert 8 <= framed <= 32
+
+
 def test_clean_fraction_one_leaves_every_variant_undegraded(tmp_path):
     records = build_proxy([], tmp_path, synthetic=1, variants=3, clean_fraction=1.0, workers=1, progress=False)
     assert [r.mos for r in records] == pytest.approx([100 * BASE_QUALITY] * 3)
@@ -114,6 +132,7 @@ def smoke_config(proxy_dir, out, steps):
     return TrainConfig(
         data=[str(proxy_dir)], out=str(out), model_kwargs=TINY, steps=steps, batch_size=3, lr=1e-3,
         warmup_steps=2, eval_every=2, val_fraction=0.34, cause_weight=0.5, class_weight=0.2, seed=5,
+        camera_looks=True,
     )  # fmt: skip
 
 
