@@ -110,6 +110,7 @@ def summarise(predictions: Predictions) -> dict[str, Any]:
             "matrix": confusion_matrix(pred_levels, true_levels).tolist(),
         },
         "per_degradation": _per_degradation(p, with_mos),
+        "per_source": _per_source(p, with_mos),
         "failures": [{"path": path, "error": e} for path, e in zip(p.paths, p.errors) if e is not None],
     }
 
@@ -238,6 +239,24 @@ def _per_degradation(p: Predictions, with_mos: np.ndarray) -> dict[str, dict[str
         scores, targets = p.scores[idx], p.targets[idx]
         breakdown[kind] = {
             "n": len(idx), **_score_metrics(scores, targets), "mean_error": float(np.mean(scores - targets)),
+        }  # fmt: skip
+    return breakdown
+
+
+def _per_source(p: Predictions, with_mos: np.ndarray) -> dict[str, dict[str, Any]]:
+    """Metrics per source photo, and the mean score of its undegraded variants (``clean_score``).
+
+    Pooled SRCC mixes two things: ranking the degradations of one photo, and
+    placing different cameras' clean photos at the same level. These separate them.
+    """
+    breakdown = {}
+    for source in sorted(set(p.sources[i] for i in np.flatnonzero(with_mos))):
+        idx = np.array([i for i in np.flatnonzero(with_mos) if p.sources[i] == source])
+        clean = [p.scores[i] for i in idx if p.degradations[i] in ("", "none")]
+        breakdown[source] = {
+            "n": len(idx), **_score_metrics(p.scores[idx], p.targets[idx]),
+            "mean_error": float(np.mean(p.scores[idx] - p.targets[idx])),
+            "clean_score": float(np.mean(clean)) if clean else None,
         }  # fmt: skip
     return breakdown
 

@@ -115,6 +115,18 @@ def test_summary_has_the_exact_metrics(predictions):
     assert [f["path"].endswith("e.png") for f in s["failures"]] == [True]
 
 
+def test_per_source_separates_ranking_from_the_clean_level(scorer, records):
+    for record, source in zip(records, "xxyyxy"):  # two photos; e.png fails, f.png has no MOS
+        record.source_id = source
+    per = summarise(predict_records(scorer, records, batch_size=4, progress=False))["per_source"]
+    assert sorted(per) == ["x", "y"]
+    assert per["x"]["n"] == 2 and per["x"]["srcc"] == pytest.approx(1.0)
+    assert per["x"]["mean_error"] == pytest.approx(0.0)  # (85 - 90 + 65 - 60) / 2
+    assert per["x"]["clean_score"] == pytest.approx(85.0)  # a.png, its undegraded variant
+    assert per["y"]["n"] == 2 and per["y"]["mean_error"] == pytest.approx(2.5)
+    assert per["y"]["clean_score"] is None  # no undegraded variant of y was scored
+
+
 def test_per_degradation_splits_combined_types(predictions):
     per = summarise(predictions)["per_degradation"]
     assert sorted(per) == ["blur", "none", "spots"]  # "" (no record) is not a type; e.png failed
