@@ -14,10 +14,11 @@ import sys
 import pytest
 import torch
 from cuda_helpers import requires_cuda
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pyfundus.ops import softpool as softpool_module
 from pyfundus.ops import softpool2d, softpool2d_reference
-from pyfundus.ops._ext import DTYPE_NAMES, cpu_kernels, cuda_kernels, cuda_kernels_available
+from pyfundus.ops._ext import DTYPE_NAMES, cpu_kernels, cuda_kernels, cuda_kernels_available, eager_inference
 from pyfundus.ops.config import ENV_VAR, kernel_mode, use_kernels
 
 FUSED = torch.ops.pyfundus.softpool2d.default
@@ -286,6 +287,33 @@ def _exported_ops(mode: str) -> set:
 
 def test_torch_export_contains_the_custom_op():
     assert FUSED in _exported_ops("fused")
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_inference_calls_the_kernel_directly_and_everything_else_sees_the_op():
+    x = torch.randn(2, 8, 24, 24)
+    expected = torch.ops.pyfundus.softpool2d(x, [12, 12], [12, 12])
+    with torch.inference_mode():
+        assert eager_inference(x)
+        assert torch.equal(softpool2d(x, 12, impl="fused"), expected)  # the same kernel, bit for bit
+    with torch.no_grad():
+        assert eager_inference(x)
+    assert not eager_inference(x.requires_grad_())  # autograd needs the op's registered backward
+    with torch.no_grad():
+        assert eager_inference(torch.nn.Parameter(x.detach()))  # a module's own weights are fine
+    with _OpRecorder() as recorder:  # a dispatch mode (fake tensors, FLOP counters) must see the op
+        assert not eager_inference(x.detach())
+        softpool2d(x.detach(), 12, impl="fused")
+    assert any("pyfundus.softpool2d" in op for op in recorder.ops)
 
 
 def test_use_kernels_reference_routes_to_the_reference():

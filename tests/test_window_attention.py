@@ -279,6 +279,17 @@ def test_torch_export_contains_the_custom_op():
     torch.testing.assert_close(program.module()(qkv), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_eager_inference_calls_the_kernel_directly_with_the_ops_result():
+    module, qkv = _Attention(), torch.randn(2, 8, 8, 48)
+    expected = FUSED(qkv, module.bias.detach(), module.mask, 2, 4, 2)
+    calls = []
+    with use_kernels("fused"), torch.inference_mode(), torch.library._scoped_library("pyfundus", "IMPL") as lib:
+        lib.impl("window_attention", lambda *args: calls.append(args), "CPU")  # a dispatched call would land here
+        out = module(qkv)
+    assert calls == []  # the dispatcher was skipped
+    assert torch.equal(out, expected)  # the same kernel, bit for bit
+
+
 def test_kernel_mode_routes_between_the_implementations(monkeypatch):
     calls = []
     real = wa_module.window_attention_reference

@@ -23,6 +23,7 @@ __all__ = [
     "cuda_kernels_available",
     "cuda_target",
     "dtype_code",
+    "eager_inference",
 ]
 
 # The dtypes the kernels take, named as in the modules' DTYPE_CODES table.
@@ -89,3 +90,26 @@ def launch(kernel: str, like: torch.Tensor, *args: int) -> None:
     else:
         ext, tail = cuda_kernels(), cuda_target(like)
     getattr(ext, kernel)(*args, dtype_code(ext, like.dtype), *tail)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def eager_inference(*tensors: torch.Tensor | None) -> bool:
+    """Whether nothing needs to see a fused op go by, so its kernel may be called directly.
+
+    True for plain tensors (and parameters) outside any compiler, tracer or dispatch
+    mode, with no gradient wanted. The torch.library dispatch costs about 8 us per call: as much
+    as the whole SoftPool kernel at FTHNet's last stage. Autograd, torch.compile,
+    torch.export and fake tensors still go through the registered custom op.
+    """
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    present = [t for t in tensors if t is not None]
+    return (
+        all(type(t) in _PLAIN for t in present)  # not fake, functional or other wrapper tensors
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and _get_current_dispatch_mode() is None
+    )

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ext import DTYPE_NAMES, HALF_TYPES, cuda_kernels, dtype_code, launch
+from ._ext import DTYPE_NAMES, HALF_TYPES, cuda_kernels, dtype_code, eager_inference, launch
 from .config import kernel_mode
 
 __all__ = ["softpool2d", "softpool2d_reference"]
@@ -159,14 +159,19 @@ def _check_grad(grad_y: Tensor, x: Tensor, g: _Geometry) -> None:
         )
 
 
-@torch.library.custom_op("pyfundus::softpool2d", mutates_args=())
-def _softpool2d_op(x: Tensor, kernel_size: list[int], stride: list[int]) -> Tensor:
+def _softpool2d_kernel(x: Tensor, kernel_size: list[int], stride: list[int]) -> Tensor:
+    """The fused forward: the custom op's body, and what eager inference calls directly."""
     g = _geometry(x, kernel_size, stride)
     _check_device(x)
     if x.device.type == "cpu" and x.dtype in HALF_TYPES:
         # The CPU kernels are float32/float64; half types compute in float32.
         return _forward(x.float(), g).to(x.dtype)
     return _forward(x, g)
+
+
+@torch.library.custom_op("pyfundus::softpool2d", mutates_args=())
+def _softpool2d_op(x: Tensor, kernel_size: list[int], stride: list[int]) -> Tensor:
+    return _softpool2d_kernel(x, kernel_size, stride)
 
 
 @_softpool2d_op.register_fake
@@ -245,4 +250,6 @@ def softpool2d(
         raise ValueError(f"softpool2d: impl must be None, 'fused' or 'reference', got {impl!r}")
     kh, kw = _pair(kernel_size, "kernel_size")
     sh, sw = (kh, kw) if stride is None else _pair(stride, "stride")
+    if eager_inference(x):
+        return _softpool2d_kernel(x, [kh, kw], [sh, sw])
     return torch.ops.pyfundus.softpool2d(x, [kh, kw], [sh, sw])

@@ -26,7 +26,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._ext import DTYPE_NAMES, HALF_TYPES, launch
+from ._ext import DTYPE_NAMES, HALF_TYPES, eager_inference, launch
 from .config import kernel_mode
 
 __all__ = ["shifted_window_mask", "window_attention", "window_attention_reference"]
@@ -179,6 +179,23 @@ def _float(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.float()
 
 
+def _window_attention_kernel(
+    qkv: Tensor,
+    relative_position_bias: Tensor,
+    attn_mask: Optional[Tensor],
+    num_heads: int,
+    window_size: int,
+    shift_size: int,
+) -> Tensor:
+    """The fused forward: the custom op's body, and what eager inference calls directly."""
+    _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
+    sizes = _sizes(qkv, num_heads, window_size, shift_size)
+    if _on_cpu_in_half(qkv):
+        out = _forward(qkv.float(), relative_position_bias.float(), _float(attn_mask), sizes)
+        return out.to(qkv.dtype)
+    return _forward(qkv, relative_position_bias, attn_mask, sizes)
+
+
 @torch.library.custom_op("pyfundus::window_attention", mutates_args=())
 def _window_attention_op(
     qkv: Tensor,
@@ -188,12 +205,7 @@ def _window_attention_op(
     window_size: int,
     shift_size: int,
 ) -> Tensor:
-    _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
-    sizes = _sizes(qkv, num_heads, window_size, shift_size)
-    if _on_cpu_in_half(qkv):
-        out = _forward(qkv.float(), relative_position_bias.float(), _float(attn_mask), sizes)
-        return out.to(qkv.dtype)
-    return _forward(qkv, relative_position_bias, attn_mask, sizes)
+    return _window_attention_kernel(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
 
 
 @_window_attention_op.register_fake
@@ -315,4 +327,6 @@ def window_attention(
     else:
         attn_mask = attn_mask.to(qkv.dtype)
     bias = relative_position_bias.to(qkv.dtype)
+    if eager_inference(qkv, bias, attn_mask):
+        return _window_attention_kernel(qkv, bias, attn_mask, num_heads, window_size, shift_size)
     return torch.ops.pyfundus.window_attention(qkv, bias, attn_mask, num_heads, window_size, shift_size)
