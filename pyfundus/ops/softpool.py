@@ -169,9 +169,8 @@ def _softpool2d_kernel(x: Tensor, kernel_size: list[int], stride: list[int]) -> 
     return _forward(x, g)
 
 
-@torch.library.custom_op("pyfundus::softpool2d", mutates_args=())
-def _softpool2d_op(x: Tensor, kernel_size: list[int], stride: list[int]) -> Tensor:
-    return _softpool2d_kernel(x, kernel_size, stride)
+# Registered from the plain function, which stays callable for eager inference.
+_softpool2d_op = torch.library.custom_op("pyfundus::softpool2d", _softpool2d_kernel, mutates_args=())
 
 
 @_softpool2d_op.register_fake

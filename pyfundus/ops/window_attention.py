@@ -196,16 +196,8 @@ def _window_attention_kernel(
     return _forward(qkv, relative_position_bias, attn_mask, sizes)
 
 
-@torch.library.custom_op("pyfundus::window_attention", mutates_args=())
-def _window_attention_op(
-    qkv: Tensor,
-    relative_position_bias: Tensor,
-    attn_mask: Optional[Tensor],
-    num_heads: int,
-    window_size: int,
-    shift_size: int,
-) -> Tensor:
-    return _window_attention_kernel(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
+# Registered from the plain function, which stays callable for eager inference.
+_window_attention_op = torch.library.custom_op("pyfundus::window_attention", _window_attention_kernel, mutates_args=())
 
 
 @_window_attention_op.register_fake
