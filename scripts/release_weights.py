@@ -1,0 +1,58 @@
+"""Turn a training run's model.safetensors into the weights file that ships in the package.
+
+    python scripts/release_weights.py runs/default-model/run4/model.safetensors pyfundus/weights/fthnet_s.safetensors
+
+Floating-point tensors are stored as fp16 (half the download; the model upcasts them
+to fp32 when it loads), the config gains a description pointing at MODEL_CARD.md, and
+the release is refused if storing in fp16 moves any real sample photo's score by
+MAX_SCORE_CHANGE or more. Prints the file's sha256 for the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+
+from pyfundus.api import load_model
+from pyfundus.data.samples import sample_paths
+from pyfundus.weights import load_weights
+
+MAX_SCORE_CHANGE = 0.05  # 0-100 scale, the same bar as the fp32 export parity
+DESCRIPTION = "FTHNet-S trained on FQS-proxy data built from CC0/CC-BY fundus photos; see MODEL_CARD.md"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="model.safetensors written by pyfundus train")
+    parser.add_argument("dest", type=Path, help="where the release file goes")
+    args = parser.parse_args(argv)
+
+    from safetensors.torch import save_file
+
+    state, config = load_weights(args.source)
+    config.description = DESCRIPTION
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    args.dest.parent.mkdir(parents=True, exist_ok=True)
+    save_file(half, str(args.dest), metadata={"pyfundus": config.to_json()})
+
+    photos = sample_paths()
+    with torch.inference_mode():
+        full = load_model(args.source).score(photos)
+        stored = load_model(args.dest).score(photos)
+    change = max(abs(a.score - b.score) for a, b in zip(full, stored) if a.ok and b.ok)
+    print(f"largest score change from fp16 storage over {len(photos)} sample photos: {change:.4f}")
+    if change >= MAX_SCORE_CHANGE:
+        args.dest.unlink()
+        print(f"refused: at least {MAX_SCORE_CHANGE}; {args.dest} removed", file=sys.stderr)
+        return 1
+    digest = hashlib.sha256(args.dest.read_bytes()).hexdigest()
+    print(f"{args.dest}: {args.dest.stat().st_size / 1e6:.1f} MB, sha256 {digest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
