@@ -257,4 +257,4 @@ def _summary(out: TextIO, written: list[str], tally: _Tally, missing: set[str]) 
     if missing:
         print(f"{len(missing)} capture(s) got no verdict", file=out)
     if any(verdict.trained is False for verdict in verdicts):
-        print("(untrained model: the grades are placeholders until trained weights ship)", file=out)
+        print("(untrained model: these grades are meaningless; load trained weights)", file=out)

@@ -209,6 +209,7 @@ def load_model(
     thresholds: Thresholds | None = None,
     threads: int | None = None,
     compile: bool = False,
+    pretrained: bool = True,
 ) -> QualityModel:
     """Load a quality model by registry name (shipped weights when present), from a .safetensors file,
     or from a file written by ``pyfundus export`` (.onnx, .engine).
@@ -221,7 +222,8 @@ def load_model(
     ``precision``: "fp32", "fp16" or "bf16"; default fp32 on CPU, fp16 on CUDA.
     ``thresholds`` overrides the class thresholds stored with the weights.
     ``threads``: CPU threads for torch and ONNX Runtime. ``compile``: torch.compile the torch backend.
-    A registered name without shipped weights gives an untrained model and says so.
+    A registered name loads its shipped weights (``pretrained=False``: a freshly initialised
+    network instead, e.g. to train); a name without shipped weights gives an untrained model and says so.
     """
     name_or_path = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
     device = _resolve_device(device)
@@ -229,7 +231,7 @@ def load_model(
         return _from_export(Path(name_or_path), device, backend, thresholds, threads)
     if is_model(name_or_path):
         shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
-        if shipped.exists():
+        if pretrained and shipped.exists():
             network, config = _from_file(shipped)
             name = name_or_path
         else:

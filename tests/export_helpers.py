@@ -6,14 +6,13 @@ import contextlib
 import importlib
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import pytest
+from sample_helpers import sample_photos
 
-from pyfundus.api import UntrainedModelWarning, load_model
+from pyfundus.api import load_model
 from pyfundus.cli import main
-from pyfundus.data.samples import sample_paths
 from pyfundus.export import runtimes, tensorrt
 
 # Real photos of different cameras and formats (the DICOM is a Topcon capture).
@@ -27,11 +26,9 @@ def export_extra(module: str):
     return pytest.importorskip(module, reason="needs the export extra: pip install -e '.[export]'")
 
 
-def untrained_model():
-    """FTHNet-S with the seeded random weights load_model gives when no weights ship."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UntrainedModelWarning)
-        return load_model("fthnet_s")
+def default_model():
+    """The shipped FTHNet-S, what users export and run."""
+    return load_model("fthnet_s")
 
 
 @contextlib.contextmanager
@@ -59,10 +56,5 @@ def cli_fp32_export(model, tmp_path_factory) -> Path:
 
 
 def parity_samples() -> list[Path]:
-    try:
-        paths = {path.name: path for path in sample_paths()}
-    except FileNotFoundError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc} (CI=true: the samples must be fetched in CI)", pytrace=False)
-        pytest.skip(str(exc))
+    paths = {path.name: path for path in sample_photos()}
     return [paths[name] for name in PARITY_SAMPLES]

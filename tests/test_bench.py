@@ -6,20 +6,18 @@ import json
 import sys
 
 import pytest
-from export_helpers import cli_fp32_export, export_cache, export_extra, untrained_model
+from export_helpers import cli_fp32_export, default_model, export_cache, export_extra
 
 from pyfundus.bench import ROW_KEYS, _add_speedups, format_table
 from pyfundus.cli import main
 
 export_extra("onnxruntime")  # the bench runs the onnxruntime backend
 
-pytestmark = pytest.mark.filterwarnings("ignore::pyfundus.api.UntrainedModelWarning")
-
 
 @pytest.fixture(scope="module")
 def onnx_cached(tmp_path_factory):
     with export_cache(tmp_path_factory):
-        yield cli_fp32_export(untrained_model(), tmp_path_factory)
+        yield cli_fp32_export(default_model(), tmp_path_factory)
 
 
 def test_bench_json_rows_are_complete_and_measured(onnx_cached, capsys):

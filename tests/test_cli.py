@@ -69,7 +69,7 @@ def captures(tmp_path_factory, retina):
 def model():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UntrainedModelWarning)
-        return load_model("fthnet_s")
+        return load_model("fthnet_s", pretrained=False)
 
 
 def run_cli(*args):
@@ -103,9 +103,16 @@ def test_score_folder_json(captures):
     assert "e_blank.png" in records["e_blank.png"]["error"]
     for name in ("c_truncated.jpg", "d_notes.txt", "e_blank.png"):
         assert records[name]["score"] is None and records[name]["class"] is None
-    # Without trained weights the tool says so, in the output and on stderr.
-    assert records["a_retina.jpg"]["trained"] is False
-    assert "untrained" in " ".join(records["a_retina.jpg"]["warnings"])
+    # The default model is the shipped, trained one.
+    assert records["a_retina.jpg"]["trained"] is True and records["a_retina.jpg"]["warnings"] == []
+    assert "no trained weights" not in err
+
+
+def test_a_model_without_weights_says_so_in_the_output_and_on_stderr(captures):
+    code, out, err = run_cli("score", str(captures / "a_retina.jpg"), "--model", "fthnet_l", "--json", "--no-progress")
+    assert code == 0
+    [record] = json.loads(out)
+    assert record["trained"] is False and "untrained" in " ".join(record["warnings"])
     assert "no trained weights" in err
 
 
@@ -123,7 +130,7 @@ def test_score_csv_and_table(captures):
     assert "a_retina.jpg" in out.splitlines()[1]
 
 
-def test_globs_missing_paths_and_identical_results(captures, model):
+def test_globs_missing_paths_and_identical_results(captures):
     code, out, _ = run_cli("score", str(captures / "*.jpg"), str(captures / "missing.jpg"), "--json")
     assert code == 0
     records = json.loads(out)
@@ -131,7 +138,7 @@ def test_globs_missing_paths_and_identical_results(captures, model):
     assert names == ["a_retina.jpg", "c_truncated.jpg", "missing.jpg"]
     assert "no such file" in records[-1]["error"]
     # The CLI and the Python API give the same number for the same file.
-    api_score = model.score(str(captures / "a_retina.jpg"))[0].score
+    api_score = load_model().score(str(captures / "a_retina.jpg"))[0].score
     assert records[0]["score"] == pytest.approx(api_score, abs=1e-3)
 
 

@@ -602,6 +602,6 @@ def test_end_to_end_with_the_real_model(tmp_path):
     [verdict] = verdicts
     assert verdict.state == "scored", verdict.error
     assert 0.0 <= verdict.score <= 100.0 and verdict.quality_class in ("Good", "Usable", "Reject")
-    assert (verdict.model, verdict.trained) == ("fthnet_s", False)
+    assert (verdict.model, verdict.trained) == ("fthnet_s", True)  # the shipped weights
     assert "torch" in verdict.backend
     assert LedgerView(tmp_path / "state").capture_at(folder / "retina.jpg")["state"] == "scored"

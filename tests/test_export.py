@@ -8,10 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from export_helpers import cli_fp32_export, export_cache, export_extra, parity_samples, untrained_model
+from export_helpers import cli_fp32_export, default_model, export_cache, export_extra, parity_samples
 
 from pyfundus.api import UntrainedModelWarning, load_model
 from pyfundus.cli import main
+from pyfundus.data.degrade import CAUSES
 from pyfundus.data.synth import generate_fundus
 from pyfundus.export import runtimes, tensorrt
 from pyfundus.export.onnx import DEFAULT_OPSET, FP32_OPS, STANDARD_DOMAINS, read_metadata
@@ -25,8 +26,6 @@ ort = export_extra("onnxruntime")
 
 to_array = onnx.numpy_helper.to_array
 
-pytestmark = pytest.mark.filterwarnings("ignore::pyfundus.api.UntrainedModelWarning")
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
@@ -36,7 +35,7 @@ def cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    return untrained_model()
+    return default_model()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def _synthetic_batch() -> torch.Tensor:
 
 
 def _raw_scores(outputs) -> np.ndarray:
-    """quality x 100 before clamping: the untrained model scores below 0, where clamped scores would all be 0."""
+    """quality x 100 before clamping: photos scored 0 (or 100) would agree however far apart the backends are."""
     return outputs["quality"].float().numpy() * 100.0
 
 
@@ -87,8 +86,9 @@ def test_onnx_file_is_checked_standard_onnx_with_dynamic_batch(which, fp32_file,
     assert not {"Gather", "GatherND", "GatherElements"} & {node.op_type for node in proto.graph.node}
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
-        (quality,) = session.run(None, {"images": np.zeros((batch, 3, 384, 384), np.float32)})
+        quality, cause_logits = session.run(None, {"images": np.zeros((batch, 3, 384, 384), np.float32)})
         assert quality.shape == (batch,) and np.isfinite(quality).all()
+        assert cause_logits.shape == (batch, len(CAUSES)) and np.isfinite(cause_logits).all()
 
 
 def test_fp16_file_keeps_layernorm_and_softmax_in_fp32(fp16_file):
@@ -110,13 +110,14 @@ def test_onnx_metadata_describes_the_model(fp32_file, fp16_file, model):
         assert meta["model"] == "fthnet_s"
         assert meta["precision"] == precision
         assert meta["pyfundus_version"] == __import__("pyfundus").__version__
-        assert json.loads(meta["trained"]) is False
+        assert json.loads(meta["trained"]) is True
         assert json.loads(meta["thresholds"]) == model.config.thresholds.to_dict()
         normalisation = json.loads(meta["input"])
         assert normalisation["size"] == 384
         assert normalisation["mean"] == list(MEAN) and normalisation["std"] == list(STD)
         assert json.loads(meta["config"])["arch"] == "fthnet_s"
-        assert json.loads(meta["outputs"]) == ["quality"]
+        assert json.loads(meta["outputs"]) == ["quality", "cause_logits"]
+        assert json.loads(meta["config"])["causes"] == list(CAUSES)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
@@ -186,7 +187,7 @@ def test_auto_on_cpu_picks_a_verified_backend_and_says_so(fp32_file, monkeypatch
 def test_exported_file_loads_and_scores_on_its_own(fp32_file, capsys):
     exported = load_model(fp32_file)  # the .onnx alone: config and thresholds from its metadata
     assert exported.network is None and exported.backend == "onnxruntime"
-    assert exported.name == "fthnet_s" and exported.trained is False and exported.input_size == 384
+    assert exported.name == "fthnet_s" and exported.trained is True and exported.input_size == 384
     with pytest.raises(ValueError, match="runs with backend 'onnxruntime'"):
         load_model(fp32_file, backend="torch")
     sample = str(parity_samples()[0])
@@ -282,24 +283,32 @@ def test_engine_builds_runs_and_matches_torch(tmp_path, cache, model, photos):
     info = tensorrt.build_engine(onnx_path, engine, precision="fp16", device=device, batch=(1, 4, 8))
     assert info.target == tensorrt.Target.current(device)
     runtime = tensorrt.TensorRTRuntime(engine, device)
-    assert parity(runtime, untrained_model().network.to(device), photos) < PARITY_TOLERANCE["fp16"]
+    assert parity(runtime, default_model().network.to(device), photos) < PARITY_TOLERANCE["fp16"]
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ["fp16", "bf16"])
 def test_torch_cuda_paths_match_eager(precision, photos):
-    reference = untrained_model().network
+    reference = default_model().network
     device = torch.device("cuda")
     for graphs in (False, True):
-        runtime = TorchRuntime(untrained_model().network, device, precision, cuda_graphs=graphs)
+        runtime = TorchRuntime(default_model().network, device, precision, cuda_graphs=graphs)
         assert runtime.channels_last
         for _ in range(2):  # the second call replays the captured graph
             assert parity(runtime, reference.to(device), photos) < PARITY_TOLERANCE[precision]
 
 
-def test_untrained_model_warning_still_fires_through_onnxruntime(fp32_file):
-    exported = load_model(fp32_file)
+def test_untrained_model_warning_still_fires_through_onnxruntime(fp32_file, tmp_path):
+    proto = onnx.load(str(fp32_file))
+    for entry in proto.metadata_props:  # the same graph, as an export of untrained weights says it is
+        if entry.key == "trained":
+            entry.value = "false"
+        if entry.key == "config":
+            entry.value = json.dumps({**json.loads(entry.value), "trained": False})
+    onnx.save(proto, str(tmp_path / "untrained.onnx"))
+    exported = load_model(tmp_path / "untrained.onnx")
+    assert exported.trained is False
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exported.score([str(parity_samples()[0])])
