@@ -169,7 +169,8 @@ def test_api_accepts_arrays_and_warns_every_call(model, retina):
             (result,) = model.score(retina)
     assert isinstance(result, ScoreResult) and result.ok and result.path is None
     assert set(result.timing_ms) >= {"read", "preprocess", "model", "total"}
-    many = model.score([retina, np.zeros((300, 300, 3), np.uint8), retina], batch_size=2)
+    with pytest.warns(UntrainedModelWarning):
+        many = model.score([retina, np.zeros((300, 300, 3), np.uint8), retina], batch_size=2)
     assert [r.ok for r in many] == [True, False, True]
     assert many[0].score == pytest.approx(many[2].score, abs=1e-3)
 
