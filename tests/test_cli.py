@@ -15,6 +15,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from skimage import data as skdata
 
 import pyfundus
+import pyfundus.api
 from pyfundus.api import ScoreResult, UntrainedModelWarning, load_model
 from pyfundus.cli import expand_paths, main
 from pyfundus.grading import Thresholds
@@ -173,6 +174,17 @@ def test_api_accepts_arrays_and_warns_every_call(model, retina):
         many = model.score([retina, np.zeros((300, 300, 3), np.uint8), retina], batch_size=2)
     assert [r.ok for r in many] == [True, False, True]
     assert many[0].score == pytest.approx(many[2].score, abs=1e-3)
+
+
+def test_one_capture_is_read_in_the_calling_thread(monkeypatch, retina):
+    pools = []
+    real_pool = pyfundus.api.ThreadPoolExecutor
+    monkeypatch.setattr(pyfundus.api, "ThreadPoolExecutor", lambda *a, **k: pools.append(1) or real_pool(*a, **k))
+    model = load_model()
+    (one,) = model.score(retina)  # the daemon's usual call: nothing to overlap, so no reader thread
+    assert one.ok and pools == []
+    many = model.score([retina, retina], batch_size=1)
+    assert pools == [1] and many[0].score == pytest.approx(one.score, abs=1e-3)
 
 
 def test_weights_round_trip_and_thresholds(tmp_path, model, retina):
