@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import CONFIG_KEYS, OPTIONS, port_number, positive_count, positive_seconds, split_command
+from .config import CONFIG_KEYS, OPTIONS, port_number, positive_count, positive_seconds, score_value, split_command
 from .logs import Redactor
 from .records import Verdict
 
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 EXIT_USAGE = 2
 
 _FLAG_TYPES = {
-    "path": Path, "seconds": positive_seconds, "count": positive_count, "port": port_number, "text": str,
+    "path": Path, "seconds": positive_seconds, "count": positive_count, "port": port_number, "score": score_value,
+    "text": str,
     "command": split_command,
 }  # fmt: skip
 

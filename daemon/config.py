@@ -24,7 +24,7 @@ class Option:
     """One setting. ``kind`` drives both the flag's parser and the config-file check."""
 
     name: str
-    kind: str  # path, seconds, count, port, bool, text, globs, choice, classes (list of choices) or command (argv)
+    kind: str  # path, seconds, count, port, score (0-100), bool, text, globs, choice, classes (list of choices) or command (argv)
     help: str
     metavar: str | None = None
     choices: tuple[str, ...] = ()
@@ -53,6 +53,10 @@ OPTIONS: tuple[Option, ...] = (
            "models, the file's runtime)", None,
            ("torch", "onnxruntime", "tensorrt", "auto")),
     Option("batch_size", "count", "most images per model call (default: 8)", "N"),
+    Option("reject_below", "score", "grade Reject below this score (default: the threshold stored with the model)",
+           "SCORE"),
+    Option("good_from", "score", "grade Good from this score up (default: the threshold stored with the model)",
+           "SCORE"),
     Option("json", "bool", "print one JSON object per verdict instead of a text line"),
     Option("redact_identifiers", "bool", "keep file names and patient IDs out of the log"),
     Option("allow_inside_folder", "bool", "allow the state or sidecar folder inside the watched folder"),
@@ -104,6 +108,8 @@ class WatchConfig:
     device: str = "cpu"
     backend: str | None = None
     batch_size: int = 8
+    reject_below: float | None = None
+    good_from: float | None = None
     json: bool = False
     redact_identifiers: bool = False
     allow_inside_folder: bool = False
@@ -262,6 +268,15 @@ def port_number(value: Any) -> int:
     return port
 
 
+def score_value(value: Any) -> float:
+    if isinstance(value, bool):
+        raise TypeError("must be a score from 0 to 100")
+    score = float(value)
+    if not 0 <= score <= 100:
+        raise argparse.ArgumentTypeError(f"must be a score from 0 to 100, got {value}")
+    return score
+
+
 def split_command(value: str) -> list[str]:
     """A command line given as one string, split as a POSIX shell would split it (nothing else of a shell)."""
     argv = shlex.split(value)
@@ -270,4 +285,4 @@ def split_command(value: str) -> list[str]:
     return argv
 
 
-_NUMBER_PARSERS = {"seconds": positive_seconds, "count": positive_count, "port": port_number}
+_NUMBER_PARSERS = {"seconds": positive_seconds, "count": positive_count, "port": port_number, "score": score_value}

@@ -39,17 +39,32 @@ class Scorer(Protocol):
     def score(self, inputs: Sequence[str], *, batch_size: int = ...) -> list[Any]: ...
 
 
-def load_scorer(model: str | None, device: str, backend: str | None = None) -> Scorer:
-    """Load the model once, at start-up; a bad name, file, device or backend is a start-up error."""
+def load_scorer(
+    model: str | None,
+    device: str,
+    backend: str | None = None,
+    *,
+    reject_below: float | None = None,
+    good_from: float | None = None,
+) -> Scorer:
+    """Load the model once, at start-up; a bad name, file, device, backend or threshold is a start-up error.
+
+    ``reject_below``/``good_from`` replace the thresholds stored with the model (a site's own calibration).
+    """
     import warnings
 
     from pyfundus.api import UntrainedModelWarning, load_model
 
     try:
         scorer = load_model(model, device=device, backend=backend)
+        scorer.config.thresholds = scorer.thresholds.moved(reject_below, good_from)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from exc
     log.info("scoring with %s", scorer.backend_description)
+    log.info(
+        "thresholds: Reject below %.1f, Good from %.1f (%s)", scorer.thresholds.reject_below,
+        scorer.thresholds.good_from, "calibrated with the model" if scorer.thresholds.calibrated else "set by hand",
+    )  # fmt: skip
     if not scorer.trained:
         log.warning("model %s has NO trained weights: every score is meaningless (plumbing only)", scorer.name)
         # Said once here; each verdict also records trained=false. Otherwise every batch warns.

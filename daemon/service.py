@@ -93,7 +93,10 @@ class Daemon:
                 initial = self._recover()
             except LedgerError as exc:
                 raise StartupError(f"{exc}; is the state directory full, read-only or damaged?") from exc
-            scorer = self._scorer if self._scorer is not None else load_scorer(config.model, config.device, config.backend)
+            scorer = self._scorer if self._scorer is not None else load_scorer(
+                config.model, config.device, config.backend,
+                reject_below=config.reject_below, good_from=config.good_from,
+            )  # fmt: skip
             self._add_actions()
             self._start_web()
             self.work = work = queue.Queue(maxsize=config.queue_size)

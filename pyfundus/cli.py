@@ -131,18 +131,10 @@ def _add_backend_options(p) -> None:
 def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, precision=None):
     from .api import load_model
     from .export.tensorrt import TensorRTUnavailable
-    from .grading import Thresholds
 
     try:
         model = load_model(name, device=device, backend=backend, precision=precision)
-        if reject_below is not None or good_from is not None:
-            current = model.thresholds
-            model.config.thresholds = Thresholds(
-                reject_below=current.reject_below if reject_below is None else reject_below,
-                good_from=current.good_from if good_from is None else good_from,
-                temperature=current.temperature,
-                calibrated=False,
-            )
+        model.config.thresholds = model.thresholds.moved(reject_below, good_from)
     except (ValueError, FileNotFoundError, RuntimeError, TensorRTUnavailable) as exc:
         raise UsageError(str(exc)) from exc
     return model

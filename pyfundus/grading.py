@@ -45,6 +45,17 @@ class Thresholds:
         total = p_reject + p_good + p_usable
         return {"Good": p_good / total, "Usable": p_usable / total, "Reject": p_reject / total}
 
+    def moved(self, reject_below: float | None = None, good_from: float | None = None) -> "Thresholds":
+        """These thresholds with either boundary set by hand (no longer calibrated if one changed)."""
+        if reject_below is None and good_from is None:
+            return self
+        return Thresholds(
+            reject_below=self.reject_below if reject_below is None else float(reject_below),
+            good_from=self.good_from if good_from is None else float(good_from),
+            temperature=self.temperature,
+            calibrated=False,
+        )
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -44,10 +44,11 @@ from watchdog.events import FileSystemEventHandler
 from pyfundus.daemon import scoring, watcher
 from pyfundus.daemon.cli import main as daemon_main
 from pyfundus.daemon.config import CONFIG_KEYS, WatchConfig, load_config
-from pyfundus.daemon.errors import ConfigError, LedgerError
+from pyfundus.daemon.errors import ConfigError, LedgerError, StartupError
 from pyfundus.daemon.export import COLUMNS
 from pyfundus.daemon.ledger import Ledger
 from pyfundus.daemon.records import FileStat, Verdict
+from pyfundus.daemon.scoring import load_scorer
 from pyfundus.daemon.service import INTERRUPTED_TWICE, Daemon
 from pyfundus.daemon.watcher import native_observer
 
@@ -580,7 +581,30 @@ def test_config_file_and_flags_flags_win(tmp_path):
         load_config({"folder": tmp_path / "missing"})
 
 
+def test_thresholds_come_from_the_file_or_the_flags_and_are_checked(tmp_path):
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    config = tmp_path / "watch.toml"
+    config.write_text(f'folder = "{folder}"\nstate_dir = "{tmp_path / "state"}"\nreject_below = 20\ngood_from = 45.5\n')
+    merged = load_config({"good_from": 50.0}, config)
+    assert (merged.reject_below, merged.good_from) == (20.0, 50.0)
+    for bad in ("good_from = 150", "reject_below = true", 'reject_below = "low"'):
+        config.write_text(f'folder = "{folder}"\n{bad}\n')
+        with pytest.raises(ConfigError, match="reject_below|good_from"):
+            load_config({}, config)
+
+
 # ---- the real model -------------------------------------------------------------------
+
+
+def test_a_site_can_move_the_models_thresholds():
+    scorer = load_scorer("fthnet_s", "cpu", reject_below=20, good_from=45)
+    assert (scorer.thresholds.reject_below, scorer.thresholds.good_from) == (20.0, 45.0)
+    assert not scorer.thresholds.calibrated  # set by hand, and recorded as such
+    kept = load_scorer("fthnet_s", "cpu", good_from=80)
+    assert kept.thresholds.reject_below == load_scorer("fthnet_s", "cpu").thresholds.reject_below
+    with pytest.raises(StartupError, match="reject_below < good_from"):
+        load_scorer("fthnet_s", "cpu", reject_below=60, good_from=50)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
