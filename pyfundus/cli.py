@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is being done")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_score(commands)
+    _add_calibrate(commands)
     _add_data(commands)
     _add_train(commands)
     _add_eval(commands)
@@ -117,6 +118,65 @@ def _run_score(args) -> int:
         _write_csv(ordered, sys.stdout)
     else:
         _write_table(ordered, sys.stdout)
+    return 0
+
+
+# ---- pyfundus calibrate ---------------------------------------------------------
+
+
+def _add_calibrate(commands) -> None:
+    p = commands.add_parser(
+        "calibrate",
+        help="fit Good/Usable/Reject thresholds to your own graded captures",
+        description="Score captures your graders have sorted by class and print the thresholds that best reproduce "
+        "their grades (quadratic-weighted kappa, then accuracy), next to how the model's stored thresholds do. "
+        "Pass them to pyfundus score / pyfundus watch with --reject-below and --good-from.",
+    )
+    p.add_argument("--good", nargs="+", default=[], metavar="PATH", help="captures graded Good (files or folders)")
+    p.add_argument("--usable", nargs="+", default=[], metavar="PATH", help="captures graded Usable")
+    p.add_argument("--reject", nargs="+", default=[], metavar="PATH", help="captures graded Reject")
+    p.add_argument("-m", "--model", default=None, help="model name or file (default: the shipped model)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-b", "--batch-size", type=_positive_int, default=8)
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from .calibration import calibrate_site
+
+    graded = {
+        level: [path for path, problem in expand_paths(arguments, args.recursive) if problem is None]
+        for level, arguments in (("Good", args.good), ("Usable", args.usable), ("Reject", args.reject))
+        if arguments
+    }
+    model = _load_model_for_cli(args.model, args.device, None, None)
+    total = sum(len(paths) for paths in graded.values())
+    with progress_bar(total, desc="scoring", unit="img", enabled=not args.no_progress and total > 1) as bar:
+        try:
+            report = calibrate_site(model, graded, batch_size=args.batch_size, progress=bar.update)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{report['n_scored']} captures scored with {report['model']}")
+    for level, r in report["per_class"].items():
+        print(f"  {level:<7} n={r['n']:<4} scores {r['min']:5.1f} .. {r['max']:5.1f} (median {r['median']:.1f})")
+    for name in ("current", "suggested"):
+        fit = report[name]
+        print(f"{name:>9}: Reject below {fit['reject_below']:5.1f}, Good from {fit['good_from']:5.1f}: "
+              f"accuracy {fit['accuracy']:.2f}, kappa {fit['qwk']:.2f}")  # fmt: skip
+    for failure in report["failures"]:
+        print(f"  not scored: {failure['error']}")
+    if report["few_images"]:
+        print(f"note: fewer than 10 captures graded {', '.join(report['few_images'])}: these thresholds rest on few images")
+    fit = report["suggested"]
+    print(f"use: --reject-below {fit['reject_below']:g} --good-from {fit['good_from']:g} "
+          f"(config file: reject_below = {fit['reject_below']:g}, good_from = {fit['good_from']:g})")  # fmt: skip
     return 0
 
 
