@@ -204,6 +204,40 @@ def test_half_types_on_cpu_compute_in_float32(dtype, tol):
         assert rel_err(actual, expected) < tol
 
 
+@pytest.mark.parametrize("case", [*CASES[:4], STAGES_S[0], STAGES_S[3]], ids=_case_id)
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+def test_bfloat16_forward_on_cpu_equals_float32_rounded(case, isa, monkeypatch):
+    # The CPU kernel reads bfloat16 qkv and writes bfloat16 itself: bit for bit the
+    # float32 computation on a widened copy, rounded as torch rounds.
+    monkeypatch.setenv("PYFUNDUS_CPU_ISA", isa)
+    heads, ws, shift = case[4:]
+    qkv, bias, mask = make_inputs(*case, dtype=torch.bfloat16, seed=11)
+    with torch.no_grad():
+        native = window_attention(qkv, bias.float(), heads, ws, shift, mask, impl="fused")
+        widened = window_attention(qkv.float(), bias.float(), heads, ws, shift, _as_float(mask), impl="fused")
+    assert native.dtype == torch.bfloat16
+    assert torch.equal(native, widened.to(torch.bfloat16))
+
+
+def test_bfloat16_rounding_matches_torch_on_special_values():
+    # One token per window and one head: the output is v itself, so every value
+    # goes through the kernel's bfloat16 -> float32 -> bfloat16 round trip.
+    values = torch.tensor([1.0, -2.5, 3.0e38, -3.0e38, float("inf"), float("-inf"), float("nan"), 1e-40, 0.0])
+    v = values.view(1, 1, values.numel(), 1).to(torch.bfloat16)
+    qkv = torch.cat([torch.zeros_like(v), torch.zeros_like(v), v], dim=-1)
+    bias = torch.zeros(1, 1, 1)
+    with torch.no_grad():
+        out = window_attention(qkv, bias, 1, 1, 0, None, impl="fused").view(-1)
+    finite = ~values.isnan()
+    assert torch.equal(out[finite].view(torch.int16), v.view(-1)[finite].view(torch.int16))
+    # torch itself writes NaN as 0x7FC0 or 0xFFFF depending on the code path; a NaN is all that counts.
+    assert out[~finite].isnan().all()
+
+
+def _as_float(mask):
+    return None if mask is None else mask.float()
+
+
 def test_result_does_not_depend_on_thread_count():
     case = (3, 24, 24, 32, 2, 12, 6)  # 24 (window, head) pairs: split over threads
     heads, ws, shift = case[4:]

@@ -127,7 +127,8 @@ PYBIND11_MODULE(_C, m) {
         py::call_guard<py::gil_scoped_release>(),
         "(Shifted-)window attention forward. qkv: contiguous (batch, height, width, 3 * channels)\n"
         "in image layout; bias: (num_heads, N, N) with N = window_size**2; mask: (windows, N, N)\n"
-        "or mask_ptr 0; out: contiguous (batch, height, width, channels). float32/float64.");
+        "or mask_ptr 0; out: contiguous (batch, height, width, channels). float32/float64, or\n"
+        "bfloat16 qkv and out with float32 bias and mask.");
   m.def("window_attention_backward", &window_attention_backward_py, py::arg("grad_out_ptr"),
         py::arg("qkv_ptr"), py::arg("bias_ptr"), py::arg("mask_ptr"), py::arg("grad_qkv_ptr"),
         py::arg("grad_bias_ptr"), py::arg("batch"), py::arg("height"), py::arg("width"),

@@ -63,4 +63,34 @@ PYFUNDUS_INLINE float exp_nonpositive(float x) {
 // float64 is for gradient checks and reference work: accuracy over speed.
 PYFUNDUS_INLINE double exp_nonpositive(double x) { return std::exp(x); }
 
+// bfloat16 storage: the upper half of a float32. Kernels that take bfloat16
+// tensors read them into float32, compute in float32 and round the results
+// back, which gives bit for bit what computing on a float32 copy and casting
+// the result with torch's .to(torch.bfloat16) gives, without the copies.
+struct BFloat16 {
+  uint16_t bits;
+};
+
+PYFUNDUS_INLINE float widen(BFloat16 v) {
+  return __builtin_bit_cast(float, static_cast<uint32_t>(v.bits) << 16);
+}
+PYFUNDUS_INLINE float widen(float v) { return v; }
+PYFUNDUS_INLINE double widen(double v) { return v; }
+
+// Storage type S from the compute type: round to nearest even, as torch rounds
+// (a NaN becomes the quiet NaN 0x7FC0, as in torch's scalar conversion).
+template <typename S>
+struct Narrow {
+  template <typename T>
+  PYFUNDUS_INLINE static S from(T v) { return static_cast<S>(v); }
+};
+template <>
+struct Narrow<BFloat16> {
+  PYFUNDUS_INLINE static BFloat16 from(float v) {
+    const uint32_t u = __builtin_bit_cast(uint32_t, v);
+    if (v != v) return {static_cast<uint16_t>(0x7FC0)};
+    return {static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16)};
+  }
+};
+
 }  // namespace pyfundus::cpu

@@ -139,10 +139,11 @@ const T* mask_rows(const T* mask, const WindowAttentionShape& s, int64_t instanc
   return mask == nullptr ? nullptr : mask + (instance % s.windows()) * s.tokens * s.tokens;
 }
 
-template <typename Isa, typename T>
-PYFUNDUS_INLINE void forward_task(const T* qkv, const T* bias, const T* mask, T* out,
-                                         const WindowAttentionShape& s, int64_t instance,
-                                         int64_t head, T* scratch) {
+// qkv and out are stored as S (T, or bfloat16 with T float); everything else is T.
+template <typename Isa, typename S, typename T>
+PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S* out,
+                                  const WindowAttentionShape& s, int64_t instance, int64_t head,
+                                  T* scratch) {
   const Local l(s);
   T* q = scratch;           // np x dp, times the softmax scale
   T* v = q + l.np * l.dp;   // np x dp
@@ -153,11 +154,11 @@ PYFUNDUS_INLINE void forward_task(const T* qkv, const T* bias, const T* mask, T*
   const T scale = softmax_scale<T>(s);
   const int64_t c = s.channels;
   for (int64_t t = 0; t < l.n; ++t) {
-    const T* src = qkv + s.pixel(instance, t) * 3 * c + head * l.hd;
+    const S* src = qkv + s.pixel(instance, t) * 3 * c + head * l.hd;
     for (int64_t d = 0; d < l.hd; ++d) {
-      q[t * l.dp + d] = src[d] * scale;
-      kt[d * l.np + t] = src[c + d];
-      v[t * l.dp + d] = src[2 * c + d];
+      q[t * l.dp + d] = widen(src[d]) * scale;
+      kt[d * l.np + t] = widen(src[c + d]);
+      v[t * l.dp + d] = widen(src[2 * c + d]);
     }
   }
   // kRows query rows at a time: their scores stay in L1 from the product
@@ -177,8 +178,8 @@ PYFUNDUS_INLINE void forward_task(const T* qkv, const T* bias, const T* mask, T*
     matmul<Isa>(p, l.np, v, l.dp, o + i0 * l.dp, l.dp, kRows, l.dp, l.np);
   }
   for (int64_t t = 0; t < l.n; ++t) {
-    T* dst = out + s.pixel(instance, t) * c + head * l.hd;
-    for (int64_t d = 0; d < l.hd; ++d) dst[d] = o[t * l.dp + d] * inv_sums[t];
+    S* dst = out + s.pixel(instance, t) * c + head * l.hd;
+    for (int64_t d = 0; d < l.hd; ++d) dst[d] = Narrow<S>::from(o[t * l.dp + d] * inv_sums[t]);
   }
 }
 
@@ -259,9 +260,9 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
 
 // ---- one compiled variant per instruction set ----------------------------------
 
-template <typename T>
+template <typename S, typename T>
 struct TaskKernels {
-  void (*forward)(const T*, const T*, const T*, T*, const WindowAttentionShape&, int64_t,
+  void (*forward)(const S*, const T*, const T*, S*, const WindowAttentionShape&, int64_t,
                   int64_t, T*);
   void (*backward)(const T*, const T*, const T*, const T*, T*, T*, const WindowAttentionShape&,
                    int64_t, int64_t, T*);
@@ -270,8 +271,8 @@ struct TaskKernels {
 // The task bodies are always_inline, so each wrapper below compiles them for
 // its own target: these are the only out-of-line copies.
 #define PYFUNDUS_TASK_VARIANT(name, isa, target)                                              \
-  template <typename T>                                                                        \
-  target void forward_##name(const T* qkv, const T* bias, const T* mask, T* out,              \
+  template <typename S, typename T>                                                            \
+  target void forward_##name(const S* qkv, const T* bias, const T* mask, S* out,              \
                              const WindowAttentionShape& s, int64_t instance, int64_t head,   \
                              T* scratch) {                                                     \
     forward_task<isa>(qkv, bias, mask, out, s, instance, head, scratch);                      \
@@ -300,20 +301,22 @@ PYFUNDUS_TASK_VARIANT(avx2, Avx2, __attribute__((target("arch=x86-64-v3"))))
 // The widest variant the CPU runs, or a narrower one where $PYFUNDUS_CPU_ISA
 // asks for it ("avx2" or "baseline": for tests and comparisons; it never
 // raises the choice above what the CPU supports). Read on every call.
-template <typename T>
-TaskKernels<T> task_kernels() {
+template <typename S, typename T>
+TaskKernels<S, T> task_kernels() {
   const char* env = std::getenv("PYFUNDUS_CPU_ISA");
   const std::string cap = env == nullptr ? "" : env;
   check_arg(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
             "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   const bool avx512 = cap.empty() || cap == "avx512";
-  if (avx512 && __builtin_cpu_supports("x86-64-v4")) return {forward_avx512<T>, backward_avx512<T>};
+  if (avx512 && __builtin_cpu_supports("x86-64-v4")) {
+    return {forward_avx512<S, T>, backward_avx512<T>};
+  }
   if (cap != "baseline" && __builtin_cpu_supports("x86-64-v3")) {
-    return {forward_avx2<T>, backward_avx2<T>};
+    return {forward_avx2<S, T>, backward_avx2<T>};
   }
 #endif
-  return {forward_baseline<T>, backward_baseline<T>};
+  return {forward_baseline<S, T>, backward_baseline<T>};
 }
 
 // ---- drivers -----------------------------------------------------------------
@@ -337,14 +340,14 @@ int useful_threads(int64_t tasks, int num_threads) {
   return static_cast<int>(std::clamp<int64_t>(tasks, 1, num_threads));
 }
 
-template <typename T>
-void forward(const T* qkv, const T* bias, const T* mask, T* out, const WindowAttentionShape& s,
+template <typename S, typename T>
+void forward(const S* qkv, const T* bias, const T* mask, S* out, const WindowAttentionShape& s,
              int num_threads) {
   const int64_t tasks = s.instances() * s.heads;
   if (tasks == 0) return;
   const int threads = useful_threads(tasks, num_threads);
   ThreadScratch<T> scratch(threads, Local(s).forward_scratch());
-  const auto forward_task = task_kernels<T>().forward;
+  const auto forward_task = task_kernels<S, T>().forward;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t task = 0; task < tasks; ++task) {
     forward_task(qkv, bias, mask, out, s, task / s.heads, task % s.heads,
@@ -372,7 +375,7 @@ void backward(const T* grad_out, const T* qkv, const T* bias, const T* mask, T* 
   const int threads = useful_threads(tasks, num_threads);
   std::vector<T> partials(static_cast<size_t>(chunks) * bias_numel);
   ThreadScratch<T> scratch(threads, Local(s).backward_scratch());
-  const auto backward_task = task_kernels<T>().backward;
+  const auto backward_task = task_kernels<T, T>().backward;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t chunk = task / s.heads;
@@ -392,18 +395,23 @@ void backward(const T* grad_out, const T* qkv, const T* bias, const T* mask, T* 
   }
 }
 
-void check_cpu_dtype(DType dtype) {
-  check_arg(dtype == DType::Float32 || dtype == DType::Float64,
-            std::string("window_attention CPU kernels take float32 or float64, got ") +
-                dtype_name(dtype) + " (compute half types in float32)");
+void check_cpu_dtype(DType dtype, bool bfloat16_allowed) {
+  check_arg(dtype == DType::Float32 || dtype == DType::Float64 ||
+                (bfloat16_allowed && dtype == DType::BFloat16),
+            std::string("window_attention CPU kernels take float32 or float64") +
+                (bfloat16_allowed ? " (bfloat16 forward)" : "") + ", got " + dtype_name(dtype) +
+                " (compute other half types in float32)");
 }
 
 }  // namespace
 
 void window_attention_forward(const void* qkv, const void* bias, const void* mask, void* out,
                               const WindowAttentionShape& shape, DType dtype, int num_threads) {
-  check_cpu_dtype(dtype);
-  if (dtype == DType::Float32) {
+  check_cpu_dtype(dtype, true);
+  if (dtype == DType::BFloat16) {
+    forward(static_cast<const BFloat16*>(qkv), static_cast<const float*>(bias),
+            static_cast<const float*>(mask), static_cast<BFloat16*>(out), shape, num_threads);
+  } else if (dtype == DType::Float32) {
     forward(static_cast<const float*>(qkv), static_cast<const float*>(bias),
             static_cast<const float*>(mask), static_cast<float*>(out), shape, num_threads);
   } else {
@@ -415,7 +423,7 @@ void window_attention_forward(const void* qkv, const void* bias, const void* mas
 void window_attention_backward(const void* grad_out, const void* qkv, const void* bias,
                                const void* mask, void* grad_qkv, void* grad_bias,
                                const WindowAttentionShape& shape, DType dtype, int num_threads) {
-  check_cpu_dtype(dtype);
+  check_cpu_dtype(dtype, false);
   if (dtype == DType::Float32) {
     backward(static_cast<const float*>(grad_out), static_cast<const float*>(qkv),
              static_cast<const float*>(bias), static_cast<const float*>(mask),

@@ -116,11 +116,13 @@ def _check_inputs(
     if mask is not None:
         windows = (height // window_size) * (width // window_size)
         expected["attn_mask"] = (mask, (windows, tokens, tokens))
+    # Half-type qkv may come with float32 bias and mask: the CPU bfloat16 kernel reads them so.
+    dtypes = (qkv.dtype, torch.float32) if qkv.dtype in HALF_TYPES else (qkv.dtype,)
     for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape or tensor.dtype != qkv.dtype or tensor.device != qkv.device:
+        if tuple(tensor.shape) != shape or tensor.dtype not in dtypes or tensor.device != qkv.device:
             raise ValueError(
-                f"window_attention: {name} must be {qkv.dtype} of shape {shape} on {qkv.device}, "
-                f"got {tensor.dtype} of shape {tuple(tensor.shape)} on {tensor.device}"
+                f"window_attention: {name} must be {' or '.join(map(str, dtypes))} of shape {shape} "
+                f"on {qkv.device}, got {tensor.dtype} of shape {tuple(tensor.shape)} on {tensor.device}"
             )
     if qkv.device.type not in ("cpu", "cuda"):
         raise RuntimeError(
@@ -171,12 +173,12 @@ def _backward(
 
 
 def _on_cpu_in_half(qkv: Tensor) -> bool:
-    # The CPU kernels are float32/float64; half types compute in float32.
+    # The CPU kernels compute in float32 (float64); half types are read into float32.
     return qkv.device.type == "cpu" and qkv.dtype in HALF_TYPES
 
 
-def _float(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.float()
+def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
 
 
 def _window_attention_kernel(
@@ -190,10 +192,13 @@ def _window_attention_kernel(
     """The fused forward: the custom op's body, and what eager inference calls directly."""
     _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
     sizes = _sizes(qkv, num_heads, window_size, shift_size)
+    if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
+        # The CPU kernel reads and writes bfloat16 itself, with float32 bias and mask.
+        return _forward(qkv, relative_position_bias.float(), _as(attn_mask, torch.float32), sizes)
     if _on_cpu_in_half(qkv):
-        out = _forward(qkv.float(), relative_position_bias.float(), _float(attn_mask), sizes)
+        out = _forward(qkv.float(), relative_position_bias.float(), _as(attn_mask, torch.float32), sizes)
         return out.to(qkv.dtype)
-    return _forward(qkv, relative_position_bias, attn_mask, sizes)
+    return _forward(qkv, relative_position_bias.to(qkv.dtype), _as(attn_mask, qkv.dtype), sizes)
 
 
 # Registered from the plain function, which stays callable for eager inference.
@@ -236,10 +241,12 @@ def _window_attention_backward_op(
     _check_grad_out(grad_out, qkv)
     sizes = _sizes(qkv, num_heads, window_size, shift_size)
     if _on_cpu_in_half(qkv):
-        args = (grad_out.float(), qkv.float(), relative_position_bias.float(), _float(attn_mask))
+        args = (grad_out.float(), qkv.float(), relative_position_bias.float(), _as(attn_mask, torch.float32))
         grad_qkv, grad_bias = _backward(*args, sizes)
-        return grad_qkv.to(qkv.dtype), grad_bias.to(qkv.dtype)
-    return _backward(grad_out, qkv, relative_position_bias, attn_mask, sizes)
+    else:
+        args = (grad_out, qkv, relative_position_bias.to(qkv.dtype), _as(attn_mask, qkv.dtype))
+        grad_qkv, grad_bias = _backward(*args, sizes)
+    return grad_qkv.to(qkv.dtype), grad_bias.to(relative_position_bias.dtype)
 
 
 @_window_attention_backward_op.register_fake
@@ -303,8 +310,10 @@ def window_attention(
 
     Returns:
         ``(B, H, W, C)``, the dtype of ``qkv``. The fused op casts the bias and the
-        mask to that dtype; on CPU, float16/bfloat16 compute in float32. On CUDA
-        the head dimension is at most 128.
+        mask to that dtype, except on CPU with a half-type qkv, where they stay float32:
+        the CPU kernels compute in float32 (bfloat16 qkv is read and the output written
+        as bfloat16 directly; float16 goes through a float32 copy). On CUDA the head
+        dimension is at most 128.
     """
     if impl is None:
         impl = kernel_mode()
@@ -312,13 +321,14 @@ def window_attention(
         return window_attention_reference(qkv, relative_position_bias, num_heads, window_size, shift_size, attn_mask)
     if impl != "fused":
         raise ValueError(f"window_attention: impl must be None, 'fused' or 'reference', got {impl!r}")
+    side_dtype = torch.float32 if _on_cpu_in_half(qkv) else qkv.dtype
     if not shift_size:
         attn_mask = None
     elif attn_mask is None:
         raise ValueError("shifted window attention needs attn_mask (see shifted_window_mask)")
     else:
-        attn_mask = attn_mask.to(qkv.dtype)
-    bias = relative_position_bias.to(qkv.dtype)
+        attn_mask = attn_mask.to(side_dtype)
+    bias = relative_position_bias.to(side_dtype)
     if eager_inference(qkv, bias, attn_mask):
         return _window_attention_kernel(qkv, bias, attn_mask, num_heads, window_size, shift_size)
     return torch.ops.pyfundus.window_attention(qkv, bias, attn_mask, num_heads, window_size, shift_size)
