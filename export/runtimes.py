@@ -74,10 +74,13 @@ class Runtime:
 class TorchRuntime(Runtime):
     """torch eager (or ``torch.compile``), optionally under autocast.
 
-    CPU: fp32 or bf16 autocast. CUDA: fp32, fp16 or bf16 autocast (LayerNorm and softmax
-    stay fp32 under autocast), channels-last weights and input for the convolutions,
-    pinned host buffers for the upload, and optional CUDA graphs: one graph captured per
-    batch size seen, replayed afterwards (the capture costs a few forward passes).
+    CPU: fp32 or bf16 autocast; ``compile=True`` compiles with inductor's freezing, which
+    treats the weights as constants (oneDNN packs them once, the relative-position biases
+    are gathered at compile time), so the network must not change afterwards. CUDA: fp32,
+    fp16 or bf16 autocast (LayerNorm and softmax stay fp32 under autocast), channels-last
+    weights and input for the convolutions, pinned host buffers for the upload, and
+    optional CUDA graphs: one graph captured per batch size seen, replayed afterwards (the
+    capture costs a few forward passes).
     """
 
     def __init__(
@@ -104,7 +107,11 @@ class TorchRuntime(Runtime):
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last)
         forward = self.network.forward_with_heads
-        self._forward = torch.compile(forward) if compile else forward
+        if compile:
+            forward = torch.compile(forward)
+            if not cuda:
+                forward = _with_freezing(forward)
+        self._forward = forward
         self._dtype = _AUTOCAST_DTYPES.get(self.precision)
         self._graphs: dict[int, _CapturedGraph] | None = {} if cuda_graphs else None
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
@@ -142,6 +149,23 @@ class TorchRuntime(Runtime):
         else:
             batch = batch.to(self.device)
         return batch.contiguous(memory_format=torch.channels_last) if self.channels_last else batch
+
+
+def _with_freezing(compiled):
+    """``compiled`` (a torch.compile'd function) with inductor's freezing on whenever it runs.
+
+    Each new input shape compiles inside a call, and inductor reads the setting there, so
+    the patch wraps every call (``torch.compile(options={"freezing": True})`` did not take
+    effect in torch 2.13). Measured on a 2-core Xeon with AMX, FTHNet-S batch 1 bf16:
+    20.4 ms frozen, 33.4 ms compiled without freezing, 36.1 ms eager.
+    """
+    import torch._inductor.config as inductor_config
+
+    def frozen(batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        with inductor_config.patch(freezing=True):
+            return compiled(batch)
+
+    return frozen
 
 
 class _CapturedGraph:

@@ -52,7 +52,7 @@ def variants(device: torch.device) -> list[Variant]:
         ]  # fmt: skip
     return [
         Variant("torch", "fp32"), Variant("torch", "bf16"), Variant("torch.compile", "fp32"),
-        Variant("onnxruntime", "fp32"), Variant("onnxruntime", "fp16"),
+        Variant("torch.compile", "bf16"), Variant("onnxruntime", "fp32"), Variant("onnxruntime", "fp16"),
     ]  # fmt: skip
 
 

@@ -146,6 +146,26 @@ def test_torch_bf16_autocast_stays_close_and_bad_options_are_refused(model, phot
         load_model("fthnet_s", backend="openvino")
 
 
+def test_compiled_cpu_runtime_compiles_with_freezing():
+    import torch._inductor.config as inductor_config
+
+    seen = []
+    frozen = runtimes._with_freezing(lambda batch: seen.append(inductor_config.freezing) or {})
+    frozen(torch.zeros(1))
+    assert seen == [True]  # on while the compiled function runs (and compiles new shapes)
+    assert inductor_config.freezing is False  # and only then
+
+
+@pytest.mark.slow
+def test_torch_compile_bf16_on_cpu_matches_eager(model, photos):
+    compiled = TorchRuntime(model.network, torch.device("cpu"), "bf16", compile=True)
+    assert compiled.describe() == "torch.compile bf16 on cpu"
+    with torch.inference_mode():
+        expected = _raw_scores(model.network.forward_with_heads(photos))  # eager fp32
+    got = _raw_scores(compiled(photos))
+    assert np.abs(got - expected).max() < PARITY_TOLERANCE["bf16"], (got, expected)
+
+
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
