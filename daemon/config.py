@@ -52,6 +52,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("backend", "choice", "runtime: torch, onnxruntime, tensorrt or auto (default: torch; for .onnx/.engine "
            "models, the file's runtime)", None,
            ("torch", "onnxruntime", "tensorrt", "auto")),
+    Option("precision", "choice", "fp32, fp16 or bf16 (default: fp32 on CPU, fp16 on CUDA; bf16 is the fast one on "
+           "CPUs with AMX or AVX512-BF16)", None, ("fp32", "fp16", "bf16")),
+    Option("compile", "bool", "torch.compile the torch backend: start-up takes about a minute longer (it compiles "
+           "for one image and for batches), scoring then runs faster (see benchmarks/RESULTS.md)"),
     Option("batch_size", "count", "most images per model call (default: 8)", "N"),
     Option("reject_below", "score", "grade Reject below this score (default: the threshold stored with the model)",
            "SCORE"),
@@ -107,6 +111,8 @@ class WatchConfig:
     model: str | None = None
     device: str = "cpu"
     backend: str | None = None
+    precision: str | None = None
+    compile: bool = False
     batch_size: int = 8
     reject_below: float | None = None
     good_from: float | None = None

@@ -44,10 +44,13 @@ def load_scorer(
     device: str,
     backend: str | None = None,
     *,
+    precision: str | None = None,
+    compile: bool = False,
     reject_below: float | None = None,
     good_from: float | None = None,
 ) -> Scorer:
-    """Load the model once, at start-up; a bad name, file, device, backend or threshold is a start-up error.
+    """Load the model once, at start-up; a bad name, file, device, backend, precision or threshold is a
+    start-up error.
 
     ``reject_below``/``good_from`` replace the thresholds stored with the model (a site's own calibration).
     """
@@ -56,7 +59,7 @@ def load_scorer(
     from pyfundus.api import UntrainedModelWarning, load_model
 
     try:
-        scorer = load_model(model, device=device, backend=backend)
+        scorer = load_model(model, device=device, backend=backend, precision=precision, compile=compile)
         scorer.config.thresholds = scorer.thresholds.moved(reject_below, good_from)
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from exc
@@ -69,19 +72,27 @@ def load_scorer(
         log.warning("model %s has NO trained weights: every score is meaningless (plumbing only)", scorer.name)
         # Said once here; each verdict also records trained=false. Otherwise every batch warns.
         warnings.filterwarnings("ignore", category=UntrainedModelWarning)
-    warm_up(scorer)
+    if compile:
+        log.info("compiling the model for one image and for batches (about a minute)")
+    warm_up(scorer, batches=compile)
     return scorer
 
 
-def warm_up(scorer: Scorer) -> None:
+def warm_up(scorer: Scorer, *, batches: bool = False) -> None:
     """Score one drawn fundus-like disc: the first forward pass is several times slower than the next
-    (allocations, kernel selection), and that cost belongs to start-up, not to the first patient."""
+    (allocations, kernel selection), and that cost belongs to start-up, not to the first patient.
+
+    ``batches``: also score a batch of two. A compiled model compiles again for the first batch size
+    after 1, then once for every size (torch.compile marks the batch dimension dynamic), so with this
+    no capture ever waits on a compile."""
     import cv2
     import numpy as np
 
     disc = np.zeros((512, 512, 3), np.uint8)
     cv2.circle(disc, (256, 256), 220, (170, 80, 40), -1)
     scorer.score([disc], batch_size=1)
+    if batches:
+        scorer.score([disc, disc], batch_size=2)
 
 
 def describe_backend(scorer: Scorer) -> str:

@@ -95,6 +95,7 @@ class Daemon:
                 raise StartupError(f"{exc}; is the state directory full, read-only or damaged?") from exc
             scorer = self._scorer if self._scorer is not None else load_scorer(
                 config.model, config.device, config.backend,
+                precision=config.precision, compile=config.compile,
                 reject_below=config.reject_below, good_from=config.good_from,
             )  # fmt: skip
             self._add_actions()

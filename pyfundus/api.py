@@ -232,8 +232,11 @@ def load_model(
     network instead, e.g. to train); a name without shipped weights gives an untrained model and says so.
     """
     name_or_path = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    exported = Path(name_or_path).suffix in (".onnx", ".engine")
+    if compile and (backend not in (None, "torch") or exported):
+        raise ValueError(f"compile applies to the torch backend, not to {backend or Path(name_or_path).suffix} models")
     device = _resolve_device(device)
-    if Path(name_or_path).suffix in (".onnx", ".engine"):
+    if exported:
         return _from_export(Path(name_or_path), device, backend, thresholds, threads)
     if is_model(name_or_path):
         shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"

@@ -93,8 +93,9 @@ def _run_score(args) -> int:
     from .api import ScoreResult, UntrainedModelWarning
 
     model = _load_model_for_cli(
-        args.model, args.device, args.reject_below, args.good_from, backend=args.backend, precision=args.precision
-    )
+        args.model, args.device, args.reject_below, args.good_from,
+        backend=args.backend, precision=args.precision, compile=args.compile,
+    )  # fmt: skip
     if args.backend == "auto":
         print(f"backend: {model.backend_description}", file=sys.stderr)
     entries = expand_paths(args.paths, recursive=args.recursive)
@@ -186,14 +187,17 @@ def _add_backend_options(p) -> None:
                    "verified one here; says which on stderr) (default: torch; for .onnx/.engine models, "
                    "the file's runtime)")  # fmt: skip
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="default: fp32 on CPU, fp16 on CUDA")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the torch backend: worth it for many images (compiling takes 20-60 s, "
+                   "then each image scores faster; see benchmarks/RESULTS.md)")  # fmt: skip
 
 
-def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, precision=None):
+def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, precision=None, compile=False):
     from .api import load_model
     from .export.tensorrt import TensorRTUnavailable
 
     try:
-        model = load_model(name, device=device, backend=backend, precision=precision)
+        model = load_model(name, device=device, backend=backend, precision=precision, compile=compile)
         model.config.thresholds = model.thresholds.moved(reject_below, good_from)
     except (ValueError, FileNotFoundError, RuntimeError, TensorRTUnavailable) as exc:
         raise UsageError(str(exc)) from exc

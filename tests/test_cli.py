@@ -152,6 +152,8 @@ def test_usage_errors_exit_nonzero(tmp_path):
     pickle_file.write_bytes(b"not safetensors")
     code, _, err = run_cli("score", "x.jpg", "--model", str(pickle_file))
     assert code == 2 and "only .safetensors" in err
+    code, _, err = run_cli("score", "x.jpg", "--backend", "onnxruntime", "--compile")
+    assert code == 2 and "compile applies to the torch backend" in err
 
 
 def test_expand_paths_recursive(tmp_path):

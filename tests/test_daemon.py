@@ -51,6 +51,7 @@ from pyfundus.daemon.records import FileStat, Verdict
 from pyfundus.daemon.scoring import load_scorer
 from pyfundus.daemon.service import INTERRUPTED_TWICE, Daemon
 from pyfundus.daemon.watcher import native_observer
+from pyfundus.grading import Thresholds
 
 # Short timings so the suite is quick; the defaults are for clinic cameras. No operator page: its
 # fixed default port would make daemons run side by side collide (test_web.py covers it).
@@ -592,6 +593,46 @@ def test_thresholds_come_from_the_file_or_the_flags_and_are_checked(tmp_path):
         config.write_text(f'folder = "{folder}"\n{bad}\n')
         with pytest.raises(ConfigError, match="reject_below|good_from"):
             load_config({}, config)
+
+
+def test_precision_and_compile_come_from_the_file_and_reach_the_model(tmp_path, monkeypatch):
+    folder = tmp_path / "camera"
+    folder.mkdir()
+    config = tmp_path / "watch.toml"
+    config.write_text(f'folder = "{folder}"\nstate_dir = "{tmp_path / "state"}"\nprecision = "bf16"\ncompile = true\n')
+    merged = load_config({}, config)
+    assert (merged.precision, merged.compile) == ("bf16", True)
+    config.write_text(f'folder = "{folder}"\nprecision = "fp8"\n')
+    with pytest.raises(ConfigError, match="precision"):
+        load_config({}, config)
+
+    loaded, scored = [], []
+
+    class Recorder:
+        thresholds = Thresholds(reject_below=40, good_from=60)
+        config = type("Config", (), {"thresholds": thresholds})()
+        backend_description, trained, name = "recorder", True, "recorder"
+
+        def score(self, inputs, *, batch_size=8):
+            scored.append(len(inputs))
+            return []
+
+    def fake_load_model(model, **kwargs):
+        loaded.append(kwargs)
+        return Recorder()
+
+    monkeypatch.setattr("pyfundus.api.load_model", fake_load_model)
+    load_scorer(None, "cpu", "torch", precision="bf16", compile=True)
+    assert loaded[-1] == {"device": "cpu", "backend": "torch", "precision": "bf16", "compile": True}
+    assert scored == [1, 2]  # warmed up for one image and for batches: no capture waits on a compile
+    scored.clear()
+    load_scorer(None, "cpu")
+    assert loaded[-1]["compile"] is False and scored == [1]
+
+
+def test_compile_with_another_backend_is_a_startup_error():
+    with pytest.raises(StartupError, match="compile applies to the torch backend"):
+        load_scorer("fthnet_s", "cpu", "onnxruntime", compile=True)
 
 
 # ---- the real model -------------------------------------------------------------------
