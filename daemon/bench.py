@@ -163,6 +163,8 @@ def run_daemon_bench(
     *,
     poll_interval_s: float = 1.0,
     device: str = "cpu",
+    precision: str | None = None,
+    compile: bool = False,
     batch_size: int = 8,
     timeout_s: float = 300.0,
 ) -> list[dict[str, Any]]:
@@ -174,11 +176,12 @@ def run_daemon_bench(
     from .scoring import load_scorer
 
     named = model is None or isinstance(model, (str, os.PathLike))
-    scorer = load_scorer(model and os.fspath(model), device) if named else model
+    scorer = load_scorer(model and os.fspath(model), device, precision=precision, compile=compile) if named else model
     common = {
         "model": getattr(scorer, "name", type(scorer).__name__),
         "trained": getattr(scorer, "trained", None),
         "device": str(getattr(scorer, "device", device)),
+        "backend": getattr(scorer, "backend_description", None),
         "batch_size": batch_size,
     }
     frames = camera_frames()
@@ -237,7 +240,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"{row['mode']:<8} {row['images']:>6} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} "
                      f"{row['max_ms']:>8.1f} {row['scorer_p50_ms']:>8.1f}  {note}")  # fmt: skip
     first = rows[0]
-    lines.append(f"model {first['model']} ({'trained' if first['trained'] else 'untrained'}), {first['device']}, "
+    lines.append(f"model {first['model']} ({'trained' if first['trained'] else 'untrained'}), "
+                 f"{first.get('backend') or first['device']}, "
                  f"batch size {first['batch_size']}; 2304x1728 JPEGs; latency: close-write -> verdict committed; "
                  "scorer: median time the scorer spent per image (read, preprocess, model)")
     return "\n".join(lines)
@@ -255,12 +259,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=50, help="captures written at once; 0: no burst (default: 50)")
     parser.add_argument("--polling", action="store_true", help="add the --poll row")
     parser.add_argument("--poll-interval", type=float, default=1.0, help="poll interval for that row (default: 1)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "bf16"), help="as the daemon's --precision")
+    parser.add_argument("--compile", action="store_true", help="as the daemon's --compile")
     parser.add_argument("-b", "--batch-size", type=int, default=8, help="daemon batch size (default: 8)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = parser.parse_args(argv)
     rows = run_daemon_bench(
-        args.model, args.count, args.interval, args.burst, args.polling,
-        poll_interval_s=args.poll_interval, device=args.device, batch_size=args.batch_size,
+        args.model, args.count, args.interval, args.burst, args.polling, poll_interval_s=args.poll_interval,
+        device=args.device, precision=args.precision, compile=args.compile, batch_size=args.batch_size,
     )  # fmt: skip
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0

@@ -5,16 +5,18 @@ returns the model's heads as a dict of tensors ({"quality": (B,), ...}), exactly
 as ``FTHNet.forward_with_heads`` would. Turning ``quality`` into a 0-100 score
 stays in ``QualityModel``, so every backend is graded by the same code.
 
-``backend="auto"`` is a small decision table (see :func:`create_runtime`):
+``backend="auto"`` (see :func:`create_runtime`):
 
 * CUDA: TensorRT when it is installed and a valid engine for this model and GPU
   is cached, else torch fp16;
-* CPU with native bf16 arithmetic (AVX512-BF16 or AMX): torch bf16 autocast with
-  the fused kernels, when it matches torch fp32 on a probe batch at load time
-  (fastest there: 27 ms against ONNX Runtime fp32's 34 ms at batch 1 on two
-  Zen 5 cores, see benchmarks/RESULTS.md, "Backends");
-* other CPUs, or an explicit fp32/fp16: ONNX Runtime when it is installed and
-  matches torch on the probe batch, else torch.
+* CPU: each candidate that runs here (torch bf16 autocast with the fused kernels
+  where the CPU has native bf16 arithmetic, AVX512-BF16 or AMX; torch fp32; ONNX
+  Runtime fp32 when installed) is checked against torch fp32 on a probe batch, and
+  the ones that match are timed on a batch of one; the fastest wins. Which one that
+  is depends on the CPU: ONNX Runtime fp32 was the fastest fp32 backend on two Zen 5
+  cores and half as fast as torch on two Xeon cores (benchmarks/RESULTS.md,
+  "Backends"), so auto measures instead of assuming. ``torch.compile`` is never a
+  candidate: compiling takes 20-60 s per input shape.
 
 The choice and why are kept in ``runtime.choice``.
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -295,32 +298,63 @@ def _auto(network, config, name, device, *, precision, threads) -> Runtime:
         runtime = TorchRuntime(network, device, precision or "fp16")
         runtime.choice = f"auto: torch {runtime.precision} on CUDA ({reason})"
         return runtime
-    if precision in (None, "bf16") and cpu_has_native_bf16():
-        runtime = TorchRuntime(network, device, "bf16")
+    return _auto_cpu(network, config, name, device, precision=precision, threads=threads)
+
+
+# Timed calls per candidate in backend="auto" on CPU, after two warm-up calls: about 0.5 s each.
+AUTO_TIMED_CALLS = 5
+
+
+def _auto_cpu(network, config, name, device, *, precision, threads) -> Runtime:
+    """The fastest CPU runtime, measured here, among those that match torch fp32 on the probe batch."""
+    # A precision asked for limits the candidates; bf16 on a CPU without it falls back to fp32.
+    candidates: list[Runtime] = []
+    notes: list[str] = []
+    native_bf16 = precision in (None, "bf16") and cpu_has_native_bf16()
+    if native_bf16:
+        candidates.append(TorchRuntime(network, device, "bf16"))
+    elif precision == "bf16":
+        notes.append("this CPU has no native bf16, so fp32")
+    if precision in (None, "fp32") or (precision == "bf16" and not native_bf16):
+        candidates.append(TorchRuntime(network, device, "fp32"))
+    if precision != "bf16" or not native_bf16:
+        try:
+            _import_onnxruntime()
+            ort_file = onnx_for(network, config, name, "fp16" if precision == "fp16" else "fp32")
+            candidates.append(OrtRuntime(ort_file, device, threads=threads))
+        except ImportError:
+            notes.append("onnxruntime is not installed")
+    timed: list[tuple[float, Runtime]] = []
+    for runtime in candidates:
         difference = parity(runtime, network)
-        if difference <= PARITY_TOLERANCE["bf16"]:
-            runtime.choice = (
-                f"auto: torch bf16 (this CPU has native bf16; matches torch fp32 to {difference:.2g} score points)"
-            )
-            return runtime
-        log.warning("backend auto: torch bf16 differed from fp32 by %.3f score points; trying fp32", difference)
-    precision = "fp32" if precision in (None, "bf16") else precision
-    try:
-        _import_onnxruntime()
-        reason = ""
-    except ImportError:
-        reason = "onnxruntime is not installed"
-    if not reason and precision in ("fp32", "fp16"):
-        runtime = OrtRuntime(onnx_for(network, config, name, precision), device, threads=threads)
-        difference = parity(runtime, network)
-        if difference <= PARITY_TOLERANCE[precision]:
-            runtime.choice = f"auto: onnxruntime {precision} (fastest on CPU; matches torch to {difference:.2g} score points)"
-            return runtime
-        reason = f"onnxruntime differed from torch by {difference:.3f} score points"
-        log.warning("backend auto: %s; using torch", reason)
-    runtime = TorchRuntime(network, device, precision)
-    runtime.choice = f"auto: torch {runtime.precision} ({reason or f'onnxruntime does not run {precision}'})"
-    return runtime
+        if difference > PARITY_TOLERANCE[runtime.precision]:
+            log.warning("backend auto: %s differed from torch fp32 by %.3f score points; not used", runtime.describe(), difference)
+            notes.append(f"{runtime.backend} {runtime.precision} failed the parity check ({difference:.3f} points)")
+            continue
+        timed.append((_batch_one_latency_ms(runtime, network), runtime))
+    if not timed:  # torch fp32 is its own reference, so this takes fp16 asked for without onnxruntime
+        raise ValueError(f"backend auto found no CPU runtime for {precision}: {'; '.join(notes)}")
+    timed.sort(key=lambda pair: pair[0])
+    best = timed[0][1]
+    measured = ", ".join(f"{runtime.backend} {runtime.precision} {ms:.1f} ms" for ms, runtime in timed)
+    best.choice = f"auto: {best.backend} {best.precision} (fastest here at batch 1: {measured})" + (
+        f"; {'; '.join(notes)}" if notes else ""
+    )
+    return best
+
+
+def _batch_one_latency_ms(runtime: Runtime, network: torch.nn.Module) -> float:
+    """Median milliseconds of ``AUTO_TIMED_CALLS`` batch-1 calls after two warm-up calls."""
+    size = int(getattr(network, "img_size", 384))
+    batch = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        runtime(batch)
+    times = []
+    for _ in range(AUTO_TIMED_CALLS):
+        started = time.perf_counter()
+        runtime(batch)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times)) * 1000.0
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:

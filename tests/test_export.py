@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 
 import numpy as np
@@ -175,33 +176,49 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     assert runtimes.cpu_has_native_bf16(str(tmp_path / "missing")) is False
 
 
-def test_auto_on_cpu_picks_a_verified_backend_and_says_so(fp32_file, monkeypatch):
-    samples = parity_samples()[:2]
-    # A CPU with bf16 instructions: torch bf16 with the fused kernels, checked against fp32 first.
+def _fixed_latencies(ms_by_runtime: dict[str, float]):
+    return lambda runtime, network: ms_by_runtime[f"{runtime.backend} {runtime.precision}"]
+
+
+def test_auto_on_cpu_times_the_verified_candidates_and_picks_the_fastest(fp32_file, monkeypatch):
     monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: True)
+    # Timed for real: the choice names the winner and every candidate's measured time.
     auto = load_model("fthnet_s", backend="auto")
-    assert auto.backend_description.startswith("torch bf16 on cpu; auto: torch bf16 (this CPU has native bf16")
-    results = auto.score(samples)
-    assert all(r.ok and r.backend == "torch bf16 on cpu" for r in results)
+    measured = dict(re.findall(r"(torch bf16|torch fp32|onnxruntime fp32) ([\d.]+) ms", auto.backend_description))
+    assert set(measured) == {"torch bf16", "torch fp32", "onnxruntime fp32"}, auto.backend_description
+    winner = min(measured, key=lambda name: float(measured[name]))
+    assert auto.backend_description.startswith(f"{winner} on cpu; auto: {winner} (fastest here at batch 1: ")
+    results = auto.score(parity_samples()[:2])
+    assert all(r.ok and r.backend.startswith(f"{winner} on cpu") for r in results)
     assert results[0].to_dict()["backend"] == results[0].backend
-    # ... unless that check fails: then on to ONNX Runtime, as on a CPU without bf16.
+
+    # With fixed timings, whichever is fastest wins...
+    monkeypatch.setattr(runtimes, "_batch_one_latency_ms", _fixed_latencies({"torch bf16": 30, "torch fp32": 40, "onnxruntime fp32": 20}))
+    assert load_model("fthnet_s", backend="auto").backend == "onnxruntime"
+    monkeypatch.setattr(runtimes, "_batch_one_latency_ms", _fixed_latencies({"torch bf16": 10, "torch fp32": 40, "onnxruntime fp32": 20}))
+    assert load_model("fthnet_s", backend="auto").backend_description.startswith("torch bf16 on cpu")
+    # ... but not one that fails its parity check, however fast.
     real_parity = runtimes.parity
-    monkeypatch.setattr(runtimes, "parity", lambda runtime, network: 5.0 if "bf16" in runtime.describe() else 0.0)
-    assert "auto: onnxruntime fp32" in load_model("fthnet_s", backend="auto").backend_description
+    monkeypatch.setattr(runtimes, "parity", lambda runtime, network: 5.0 if runtime.precision == "bf16" else 0.0)
+    checked = load_model("fthnet_s", backend="auto")
+    assert checked.backend == "onnxruntime" and "torch bf16 failed the parity check (5.000 points)" in checked.backend_description
     monkeypatch.setattr(runtimes, "parity", real_parity)
+    # bf16 asked for on a CPU that has it: torch bf16 alone. On one without: no bf16 candidate, fp32 instead.
+    assert load_model("fthnet_s", backend="auto", precision="bf16").backend_description.startswith("torch bf16 on cpu")
     monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: False)
-    auto = load_model("fthnet_s", backend="auto")
-    assert auto.backend == "onnxruntime"
-    assert "auto: onnxruntime fp32" in auto.backend_description
-    assert all(r.ok and r.backend.startswith("onnxruntime fp32 on cpu") for r in auto.score(samples))
+    plain = load_model("fthnet_s", backend="auto", precision="bf16")
+    assert "torch bf16" not in plain.backend_description and "this CPU has no native bf16" in plain.backend_description
+    assert plain.backend == "onnxruntime"
 
     def missing():
         raise ImportError("no onnxruntime here")
 
     monkeypatch.setattr(runtimes, "_import_onnxruntime", missing)
     fallback = load_model("fthnet_s", backend="auto")
-    assert fallback.backend == "torch"
+    assert fallback.backend_description.startswith("torch fp32 on cpu")
     assert "onnxruntime is not installed" in fallback.backend_description
+    with pytest.raises(ValueError, match="found no CPU runtime for fp16: onnxruntime is not installed"):
+        load_model("fthnet_s", backend="auto", precision="fp16")
 
 
 def test_exported_file_loads_and_scores_on_its_own(fp32_file, capsys):
