@@ -38,6 +38,7 @@ def test_bench_json_rows_are_complete_and_measured(onnx_cached, capsys):
         assert row["precision"] == "fp32" and row["device"] == "cpu" and row["iters"] == 3
         assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"]
         assert row["images_per_s"] > 0 and row["peak_mem_mb"] > 0
+        assert row["first_call_ms"] > 0  # the warm-up call, timed apart
         assert row["vs_torch_fp32"] > 0
         # images/s and latency come from the same timed calls
         assert row["images_per_s"] == pytest.approx(row["batch"] * 1000 / row["mean_ms"], rel=0.02)
