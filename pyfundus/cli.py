@@ -377,6 +377,8 @@ def _add_train(commands) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--camera-looks", action="store_true",
                    help="give each training image a fresh random camera look and sensor frame (label-neutral)")
+    p.add_argument("--rotations", action="store_true",
+                   help="turn each training image by a random angle (label-neutral), so a photo's layout does not identify it")
     p.add_argument("--init", metavar="WEIGHTS", help="start from these .safetensors weights (same architecture and heads)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
     p.add_argument("--stop-at", type=_positive_int, help="end this run at that step, state saved (continue with --resume)")
@@ -404,6 +406,7 @@ def _run_train(args) -> int:
             cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
             val_fraction=args.val_fraction, split_seed=args.split_seed, eval_every=args.eval_every,
             seed=args.seed, device=args.device, init_from=args.init, camera_looks=args.camera_looks,
+            rotations=args.rotations,
         )  # fmt: skip
         path = train(config, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
     except (ValueError, FileNotFoundError) as exc:

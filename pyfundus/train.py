@@ -66,6 +66,7 @@ class TrainConfig:
     input_size: int = 384
     crop_jitter: float = 0.15  # train crops take 1/(1+jitter)..1 of the field of view's side
     camera_looks: bool = False  # a fresh camera look and sensor frame per training image (see _camera_render)
+    rotations: bool = False  # each training image turned by a random angle (see _rotated)
     init_from: str | None = None  # start from these weights (safetensors of the same architecture and heads)
 
     def __post_init__(self):
@@ -199,7 +200,8 @@ class _BatchLoader:
         )
 
     def _augmented(self, record: QualityRecord, rng: np.random.Generator) -> np.ndarray | None:
-        """FOV crop, random crop of 1/(1+jitter)..1 of its side, resize, random flips (and camera looks)."""
+        """FOV crop (turned by a random angle with rotations), random crop of 1/(1+jitter)..1 of its side,
+        resize, random flips (and camera looks)."""
         try:
             square = _fov_square(record.path, self.config.input_size)
         except (ImageReadError, NoFundusError) as exc:
@@ -207,6 +209,8 @@ class _BatchLoader:
                 self.skipped.add(id(record))
                 log.warning("skipping a training image: %s", exc)
             return None
+        if self.config.rotations:
+            square = _rotated(square, rng)
         side = square.shape[0]
         crop = int(round(side / (1.0 + rng.uniform(0.0, self.config.crop_jitter))))
         y, x = rng.integers(0, side - crop + 1, size=2)
@@ -241,6 +245,23 @@ def _camera_render(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         out[:top] = 0
         out[side - bottom :] = 0
     return out
+
+
+def _rotated(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``square`` (a field-of-view crop) turned about its centre by an angle drawn from [0, 360), same label.
+
+    With a handful of source photos, the layout (disc left or right, where the arcades run)
+    identifies each one as well as its colour does; the flips alone give four layouts per
+    photo. The circle of view stays inside the square, so only black corners move out. Turned
+    at the crop's own resolution, before the resize to the model's input, so the resampling
+    blur is below what the model sees.
+    """
+    import cv2
+
+    side = square.shape[0]
+    centre = (side - 1) / 2.0
+    turn = cv2.getRotationMatrix2D((centre, centre), float(rng.uniform(0.0, 360.0)), 1.0)
+    return cv2.warpAffine(square, turn, (side, side), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
 
 
 def _fov_square(path, min_side: int) -> np.ndarray:

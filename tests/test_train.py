@@ -17,7 +17,7 @@ from pyfundus.data.datasets import (
 )
 from pyfundus.data.degrade import DegradationRecord, replay
 from pyfundus.data.proxy import BASE_QUALITY, Look, Source, _load_source, build_proxy, proxy_mos
-from pyfundus.train import TrainConfig, _camera_render, train
+from pyfundus.train import TrainConfig, _camera_render, _rotated, train
 from pyfundus.weights import load_weights
 
 TINY = {"depths": [1, 1, 1, 1], "drop_path_rate": 0.1}
@@ -87,6 +87,26 @@ def test_training_camera_render_keeps_the_fundus_and_cuts_a_sensor_frame():
     assert 8 <= framed <= 32
 
 
+def test_rotation_turns_the_fundus_and_keeps_its_circle():
+    clean = _load_source(Source("x", synth_seed=11))
+    side = clean.shape[0]
+    yy, xx = np.mgrid[:side, :side] - (side - 1) / 2.0
+    inside = np.hypot(yy, xx) < 0.45 * side  # well inside the circle of view
+    turned = [_rotated(clean, np.random.default_rng(seed)) for seed in range(6)]
+    assert np.array_equal(turned[0], _rotated(clean, np.random.default_rng(0)))  # reproducible
+    for image in turned:
+        assert image.shape == clean.shape
+        assert image[inside].max(axis=1).min() > 0  # no black enters the circle of view
+        assert abs(image[inside].mean() - clean[inside].mean()) < 0.02 * clean[inside].mean()  # same exposure
+        assert not np.array_equal(image, clean)  # the content moved
+    # The optic disc (the brightest spot) ends up at different angles around the centre.
+    def disc_angle(image: np.ndarray) -> float:
+        y, x = np.array(np.unravel_index(image.sum(axis=2).argmax(), image.shape[:2])) - (side - 1) / 2.0
+        return float(np.degrees(np.arctan2(y, x)))
+
+    assert len({round(disc_angle(image) / 30) for image in turned}) >= 3
+
+
 def test_clean_fraction_one_leaves_every_variant_undegraded(tmp_path):
     records = build_proxy([], tmp_path, synthetic=1, variants=3, clean_fraction=1.0, workers=1, progress=False)
     assert [r.mos for r in records] == pytest.approx([100 * BASE_QUALITY] * 3)
@@ -132,7 +152,7 @@ def smoke_config(proxy_dir, out, steps):
     return TrainConfig(
         data=[str(proxy_dir)], out=str(out), model_kwargs=TINY, steps=steps, batch_size=3, lr=1e-3,
         warmup_steps=2, eval_every=2, val_fraction=0.34, cause_weight=0.5, class_weight=0.2, seed=5,
-        camera_looks=True,
+        camera_looks=True, rotations=True,
     )  # fmt: skip
 
 
