@@ -310,14 +310,15 @@ def _auto_cpu(network, config, name, device, *, precision, threads) -> Runtime:
     # A precision asked for limits the candidates; bf16 on a CPU without it falls back to fp32.
     candidates: list[Runtime] = []
     notes: list[str] = []
-    native_bf16 = precision in (None, "bf16") and cpu_has_native_bf16()
-    if native_bf16:
-        candidates.append(TorchRuntime(network, device, "bf16"))
-    elif precision == "bf16":
+    native_bf16 = cpu_has_native_bf16()
+    if precision == "bf16" and not native_bf16:
         notes.append("this CPU has no native bf16, so fp32")
-    if precision in (None, "fp32") or (precision == "bf16" and not native_bf16):
+        precision = "fp32"
+    if precision in (None, "bf16") and native_bf16:
+        candidates.append(TorchRuntime(network, device, "bf16"))
+    if precision in (None, "fp32"):
         candidates.append(TorchRuntime(network, device, "fp32"))
-    if precision != "bf16" or not native_bf16:
+    if precision != "bf16":
         try:
             _import_onnxruntime()
             ort_file = onnx_for(network, config, name, "fp16" if precision == "fp16" else "fp32")

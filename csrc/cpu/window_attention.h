@@ -1,7 +1,7 @@
 // (Shifted-)window multi-head attention on the CPU: float32 and float64, and a
 // bfloat16 forward (qkv and out bfloat16, bias and mask float32, float32
-// arithmetic) for bf16 autocast inference; OpenMP over (window, head) tasks. See csrc/common/window_attention_shape.h
-// for the layout and the shift.
+// arithmetic) for bf16 autocast inference; OpenMP over (window, head) tasks.
+// See csrc/common/window_attention_shape.h for the layout and the shift.
 #pragma once
 
 #include "common/dtype.h"

@@ -177,6 +177,11 @@ def _on_cpu_in_half(qkv: Tensor) -> bool:
     return qkv.device.type == "cpu" and qkv.dtype in HALF_TYPES
 
 
+def _side_dtype(qkv: Tensor) -> torch.dtype:
+    """The dtype the kernels read the bias and the mask in: float32 for half types on CPU, else qkv's."""
+    return torch.float32 if _on_cpu_in_half(qkv) else qkv.dtype
+
+
 def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if t is None else t.to(dtype)
 
@@ -192,13 +197,12 @@ def _window_attention_kernel(
     """The fused forward: the custom op's body, and what eager inference calls directly."""
     _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
     sizes = _sizes(qkv, num_heads, window_size, shift_size)
-    if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
-        # The CPU kernel reads and writes bfloat16 itself, with float32 bias and mask.
-        return _forward(qkv, relative_position_bias.float(), _as(attn_mask, torch.float32), sizes)
-    if _on_cpu_in_half(qkv):
-        out = _forward(qkv.float(), relative_position_bias.float(), _as(attn_mask, torch.float32), sizes)
-        return out.to(qkv.dtype)
-    return _forward(qkv, relative_position_bias.to(qkv.dtype), _as(attn_mask, qkv.dtype), sizes)
+    side = _side_dtype(qkv)
+    bias, mask = relative_position_bias.to(side), _as(attn_mask, side)
+    if qkv.device.type == "cpu" and qkv.dtype == torch.float16:
+        # The CPU kernel reads and writes bfloat16 itself; float16 goes through a float32 copy.
+        return _forward(qkv.float(), bias, mask, sizes).to(qkv.dtype)
+    return _forward(qkv, bias, mask, sizes)
 
 
 # Registered from the plain function, which stays callable for eager inference.
@@ -240,12 +244,13 @@ def _window_attention_backward_op(
     _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
     _check_grad_out(grad_out, qkv)
     sizes = _sizes(qkv, num_heads, window_size, shift_size)
-    if _on_cpu_in_half(qkv):
-        args = (grad_out.float(), qkv.float(), relative_position_bias.float(), _as(attn_mask, torch.float32))
-        grad_qkv, grad_bias = _backward(*args, sizes)
+    side = _side_dtype(qkv)
+    bias, mask = relative_position_bias.to(side), _as(attn_mask, side)
+    if _on_cpu_in_half(qkv):  # the CPU backward is float32/float64 only
+        grad_out, qkv_in = grad_out.float(), qkv.float()
     else:
-        args = (grad_out, qkv, relative_position_bias.to(qkv.dtype), _as(attn_mask, qkv.dtype))
-        grad_qkv, grad_bias = _backward(*args, sizes)
+        qkv_in = qkv
+    grad_qkv, grad_bias = _backward(grad_out, qkv_in, bias, mask, sizes)
     return grad_qkv.to(qkv.dtype), grad_bias.to(relative_position_bias.dtype)
 
 
@@ -321,7 +326,7 @@ def window_attention(
         return window_attention_reference(qkv, relative_position_bias, num_heads, window_size, shift_size, attn_mask)
     if impl != "fused":
         raise ValueError(f"window_attention: impl must be None, 'fused' or 'reference', got {impl!r}")
-    side_dtype = torch.float32 if _on_cpu_in_half(qkv) else qkv.dtype
+    side_dtype = _side_dtype(qkv)
     if not shift_size:
         attn_mask = None
     elif attn_mask is None:
