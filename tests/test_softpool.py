@@ -58,6 +58,8 @@ CASES = [
     ((5, 2, 10, 12), 2, 3),  # gaps
     ((2, 3, 15, 14), (3, 5), (4, 2)),  # non-square, overlap in W, gap in H
     ((1, 2, 9, 20), (2, 7), (2, 7)),
+    ((1, 2, 36, 12), 12, None),  # windows spanning whole rows: read in place, not packed
+    ((2, 3, 30, 7), (5, 7), (2, 3)),  # whole rows, overlapping down the plane
     ((1, 1, 5, 5), 5, None),  # one window
     ((2, 2, 6, 6), 1, None),  # identity
     ((2, 4, 96, 96), 12, 12),  # FTHNet

@@ -34,9 +34,19 @@ PYFUNDUS_INLINE void pack_window(const T* win, int64_t row_stride, int64_t kh, i
   }
 }
 
-// Two passes over a packed window `v` that sits in L1: the max, then both
-// sums. Also leaves e^(v_i - m) in `exps` for the backward.
+// The window whose top-left element is `win`, contiguous: in place when it
+// spans whole rows (kw == w: FTHNet's last stage and the hypernetwork's global
+// pooling), else packed into `packed`.
 template <typename T>
+PYFUNDUS_INLINE const T* window_values(const T* win, const SoftPoolShape& s, T* packed) {
+  if (s.kw == s.w) return win;
+  pack_window(win, s.w, s.kh, s.kw, packed);
+  return packed;
+}
+
+// Two passes over a contiguous window `v` that sits in L1: the max, then both
+// sums. With kKeepExps, also leaves e^(v_i - m) in `exps` for the backward.
+template <bool kKeepExps, typename T>
 PYFUNDUS_INLINE WindowStats<T> window_stats(const T* v, T* exps, int64_t size) {
   // std::isgreater, not std::max: it is the quiet comparison, so under the
   // default -ftrapping-math GCC may turn it into a vector select. A NaN never
@@ -48,7 +58,7 @@ PYFUNDUS_INLINE WindowStats<T> window_stats(const T* v, T* exps, int64_t size) {
 #pragma omp simd reduction(+ : denom, numer)
   for (int64_t i = 0; i < size; ++i) {
     const T e = exp_nonpositive(v[i] - m);
-    exps[i] = e;
+    if constexpr (kKeepExps) exps[i] = e;
     denom += e;
     numer += v[i] * e;
   }
@@ -85,8 +95,8 @@ PYFUNDUS_TARGET_CLONES void forward_row(const T* band, T* out, const SoftPoolSha
                                         WindowBuffers<T> buf) {
   const int64_t window = s.kh * s.kw;
   for (int64_t ox = 0; ox < s.ow; ++ox) {
-    pack_window(band + ox * s.sw, s.w, s.kh, s.kw, buf.values);
-    const WindowStats<T> st = window_stats(buf.values, buf.exps, window);
+    const T* values = window_values(band + ox * s.sw, s, buf.values);
+    const WindowStats<T> st = window_stats<false>(values, buf.exps, window);
     out[ox] = st.numer / st.denom;
   }
 }
@@ -100,18 +110,29 @@ int useful_threads(const SoftPoolShape& s, int64_t tasks, int num_threads) {
   return static_cast<int>(std::min<int64_t>({num_threads, tasks, by_work}));
 }
 
+// Calls task_body(task, buffers) for every task, on `threads` threads. One
+// thread runs in the caller: an OpenMP region costs about 0.2 us even with a
+// single thread, as much as pooling four windows of FTHNet's last stage.
+template <typename T, typename TaskBody>
+void for_each_task(int64_t tasks, int threads, int64_t window, TaskBody task_body) {
+  ThreadBuffers<T> buffers(threads, window);
+  if (threads == 1) {
+    for (int64_t task = 0; task < tasks; ++task) task_body(task, buffers.for_this_thread());
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t task = 0; task < tasks; ++task) task_body(task, buffers.for_this_thread());
+}
+
 template <typename T>
 void forward(const T* x, T* y, const SoftPoolShape& s, int num_threads) {
   const int64_t tasks = s.planes() * s.oh;  // one output row of one plane each
   const int threads = useful_threads(s, tasks, num_threads);
-  ThreadBuffers<T> buffers(threads, s.kh * s.kw);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t task = 0; task < tasks; ++task) {
+  for_each_task<T>(tasks, threads, s.kh * s.kw, [&](int64_t task, WindowBuffers<T> buf) {
     const int64_t plane = task / s.oh;
     const int64_t oy = task % s.oh;
-    forward_row(x + plane * s.h * s.w + oy * s.sh * s.w, y + task * s.ow, s,
-                buffers.for_this_thread());
-  }
+    forward_row(x + plane * s.h * s.w + oy * s.sh * s.w, y + task * s.ow, s, buf);
+  });
 }
 
 // Adds the contributions g * w_i * (1 + x_i - y) of output row `oy` of one
@@ -124,13 +145,13 @@ PYFUNDUS_TARGET_CLONES void backward_row(const T* x_plane, T* grad_plane, const 
   const int64_t window = s.kh * s.kw;
   for (int64_t ox = 0; ox < s.ow; ++ox) {
     const int64_t offset = oy * s.sh * s.w + ox * s.sw;
-    pack_window(x_plane + offset, s.w, s.kh, s.kw, buf.values);
-    const WindowStats<T> st = window_stats(buf.values, buf.exps, window);
+    const T* values = window_values(x_plane + offset, s, buf.values);
+    const WindowStats<T> st = window_stats<true>(values, buf.exps, window);
     const T y = st.numer / st.denom;
     const T coef = grad_out[oy * s.ow + ox] / st.denom;
     T* contrib = buf.exps;  // e_i becomes the window's gradient contribution in place
 #pragma omp simd
-    for (int64_t i = 0; i < window; ++i) contrib[i] *= coef * (1 + buf.values[i] - y);
+    for (int64_t i = 0; i < window; ++i) contrib[i] *= coef * (1 + values[i] - y);
     for (int64_t r = 0; r < s.kh; ++r) {
       T* grad_row = grad_plane + offset + r * s.w;
       const T* contrib_row = contrib + r * s.kw;
@@ -151,9 +172,7 @@ void backward(const T* grad_y, const T* x, T* grad_x, const SoftPoolShape& s, in
   const int64_t bands = s.oh / rows_per_task;
   const int64_t tasks = s.planes() * bands;
   const int threads = useful_threads(s, tasks, num_threads);
-  ThreadBuffers<T> buffers(threads, s.kh * s.kw);
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t task = 0; task < tasks; ++task) {
+  for_each_task<T>(tasks, threads, s.kh * s.kw, [&](int64_t task, WindowBuffers<T> buf) {
     const int64_t plane = task / bands;
     const int64_t oy_begin = (task % bands) * rows_per_task;
     const int64_t oy_end = oy_begin + rows_per_task;
@@ -165,10 +184,9 @@ void backward(const T* grad_y, const T* x, T* grad_x, const SoftPoolShape& s, in
     T* grad_plane = grad_x + plane * s.h * s.w;
     std::fill(grad_plane + row_begin * s.w, grad_plane + row_end * s.w, T(0));
     for (int64_t oy = oy_begin; oy < oy_end; ++oy) {
-      backward_row(x + plane * s.h * s.w, grad_plane, grad_y + plane * s.oh * s.ow, oy, s,
-                   buffers.for_this_thread());
+      backward_row(x + plane * s.h * s.w, grad_plane, grad_y + plane * s.oh * s.ow, oy, s, buf);
     }
-  }
+  });
 }
 
 void check_cpu_dtype(DType dtype) {

@@ -85,7 +85,7 @@ def cuda_target(x: torch.Tensor) -> tuple[int, int]:
 def launch(kernel: str, like: torch.Tensor, *args: int) -> None:
     """Call ``kernel`` of ``like``'s device module with ``args``, then ``like``'s dtype code and the
     device's own tail: the thread count on CPU, (device index, current stream) on CUDA."""
-    if like.device.type == "cpu":
+    if like.is_cpu:  # not like.device.type: building a torch.device costs 0.3 us
         ext, tail = cpu_kernels(), (torch.get_num_threads(),)
     else:
         ext, tail = cuda_kernels(), cuda_target(like)
@@ -102,14 +102,17 @@ def eager_inference(*tensors: torch.Tensor | None) -> bool:
     mode, with no gradient wanted. The torch.library dispatch costs about 8 us per call: as much
     as the whole SoftPool kernel at FTHNet's last stage. Autograd, torch.compile,
     torch.export and fake tensors still go through the registered custom op.
+    Plain loops rather than all()/any() over generators: this runs before every
+    fused call, and a generator costs more than the checks themselves.
     """
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    present = [t for t in tensors if t is not None]
-    return (
-        all(type(t) in _PLAIN for t in present)  # not fake, functional or other wrapper tensors
-        and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-        and _get_current_dispatch_mode() is None
-    )
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or torch.jit.is_tracing():
+        return False
+    grad_enabled = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if type(t) not in _PLAIN:  # fake, functional or other wrapper tensors
+            return False
+        if grad_enabled and t.requires_grad:
+            return False
+    return True
