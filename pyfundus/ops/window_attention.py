@@ -118,13 +118,14 @@ def _check_inputs(
         expected["attn_mask"] = (mask, (windows, tokens, tokens))
     # Half-type qkv may come with float32 bias and mask: the CPU bfloat16 kernel reads them so.
     dtypes = (qkv.dtype, torch.float32) if qkv.dtype in HALF_TYPES else (qkv.dtype,)
+    device = qkv.device
     for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape or tensor.dtype not in dtypes or tensor.device != qkv.device:
+        if tensor.shape != shape or tensor.dtype not in dtypes or tensor.device != device:
             raise ValueError(
                 f"window_attention: {name} must be {' or '.join(map(str, dtypes))} of shape {shape} "
                 f"on {qkv.device}, got {tensor.dtype} of shape {tuple(tensor.shape)} on {tensor.device}"
             )
-    if qkv.device.type not in ("cpu", "cuda"):
+    if not (qkv.is_cpu or qkv.is_cuda):
         raise RuntimeError(
             f"the fused window_attention runs on CPU and CUDA tensors, got a tensor on {qkv.device}; "
             "use impl='reference' (or PYFUNDUS_KERNELS=reference)"
@@ -145,7 +146,8 @@ def _forward(qkv: Tensor, bias: Tensor, mask: Optional[Tensor], sizes: tuple[int
     """Runs the kernel of qkv's device on contiguous copies of the inputs."""
     qkv, bias = qkv.contiguous(), bias.contiguous()
     mask = None if mask is None else mask.contiguous()
-    out = qkv.new_empty((*qkv.shape[:3], qkv.shape[3] // 3))
+    batch, height, width, channels3 = qkv.shape
+    out = qkv.new_empty(batch, height, width, channels3 // 3)  # sizes as ints: 0.3 us less than a tuple
     launch("window_attention_forward", qkv, qkv.data_ptr(), bias.data_ptr(), _mask_ptr(mask), out.data_ptr(), *sizes)
     return out
 
@@ -155,7 +157,7 @@ def _backward(
 ) -> tuple[Tensor, Tensor]:
     grad_out, qkv, bias = grad_out.contiguous(), qkv.contiguous(), bias.contiguous()
     mask = None if mask is None else mask.contiguous()
-    if qkv.device.type == "cpu":
+    if qkv.is_cpu:
         grad_qkv, grad_bias = torch.empty_like(qkv), torch.empty_like(bias)
     else:
         # The CUDA kernel adds the key/value and bias gradients of many blocks
@@ -174,7 +176,7 @@ def _backward(
 
 def _on_cpu_in_half(qkv: Tensor) -> bool:
     # The CPU kernels compute in float32 (float64); half types are read into float32.
-    return qkv.device.type == "cpu" and qkv.dtype in HALF_TYPES
+    return qkv.is_cpu and qkv.dtype in HALF_TYPES
 
 
 def _side_dtype(qkv: Tensor) -> torch.dtype:
@@ -183,7 +185,8 @@ def _side_dtype(qkv: Tensor) -> torch.dtype:
 
 
 def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else t.to(dtype)
+    # The dtype test first: even a no-op .to() costs about 1 us.
+    return t if t is None or t.dtype == dtype else t.to(dtype)
 
 
 def _window_attention_kernel(
@@ -198,8 +201,8 @@ def _window_attention_kernel(
     _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
     sizes = _sizes(qkv, num_heads, window_size, shift_size)
     side = _side_dtype(qkv)
-    bias, mask = relative_position_bias.to(side), _as(attn_mask, side)
-    if qkv.device.type == "cpu" and qkv.dtype == torch.float16:
+    bias, mask = _as(relative_position_bias, side), _as(attn_mask, side)
+    if qkv.is_cpu and qkv.dtype == torch.float16:
         # The CPU kernel reads and writes bfloat16 itself; float16 goes through a float32 copy.
         return _forward(qkv.float(), bias, mask, sizes).to(qkv.dtype)
     return _forward(qkv, bias, mask, sizes)
@@ -245,7 +248,7 @@ def _window_attention_backward_op(
     _check_grad_out(grad_out, qkv)
     sizes = _sizes(qkv, num_heads, window_size, shift_size)
     side = _side_dtype(qkv)
-    bias, mask = relative_position_bias.to(side), _as(attn_mask, side)
+    bias, mask = _as(relative_position_bias, side), _as(attn_mask, side)
     if _on_cpu_in_half(qkv):  # the CPU backward is float32/float64 only
         grad_out, qkv_in = grad_out.float(), qkv.float()
     else:
@@ -332,8 +335,8 @@ def window_attention(
     elif attn_mask is None:
         raise ValueError("shifted window attention needs attn_mask (see shifted_window_mask)")
     else:
-        attn_mask = attn_mask.to(side_dtype)
-    bias = relative_position_bias.to(side_dtype)
+        attn_mask = _as(attn_mask, side_dtype)
+    bias = _as(relative_position_bias, side_dtype)
     if eager_inference(qkv, bias, attn_mask):
         return _window_attention_kernel(qkv, bias, attn_mask, num_heads, window_size, shift_size)
     return torch.ops.pyfundus.window_attention(qkv, bias, attn_mask, num_heads, window_size, shift_size)
