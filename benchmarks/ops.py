@@ -7,8 +7,10 @@ same thread count):
   shifts), batch 1 and 16: the reference (roll, partition, matmuls, merge), the
   fused op, and torch's scaled_dot_product_attention on the partitioned
   windows with bias + mask as its attn_mask (roll and partition included:
-  the model would need them). Forward without autograd, as the daemon scores,
-  and forward + backward at batch 1;
+  the model would need them). Forward without autograd, as the daemon scores:
+  the timed calls run inside one torch.inference_mode() block, as the ops do
+  inside a model's forward (a block per call would add about 1 us to every
+  cell); and forward + backward at batch 1;
 * SoftPool at the four FTHNet pooling shapes (kernel 12, stride 12);
 * the whole FTHNet-S forward at batch 1, fused ops against reference ops,
   with the scores of both.
@@ -73,14 +75,7 @@ def _attention_fn(impl: str, backward: bool):
     def forward_backward(qkv, bias, heads, shift, mask, grad):
         return torch.autograd.grad(forward(qkv, bias, heads, shift, mask, grad), (qkv, bias), grad)
 
-    if backward:
-        return forward_backward
-    return lambda *args: _no_grad(forward, *args)
-
-
-def _no_grad(fn, *args, **kwargs):
-    with torch.inference_mode():
-        return fn(*args, **kwargs)
+    return forward_backward if backward else forward
 
 
 def _row(name: str, shape: str, passes: str, times: dict[str, float]) -> str:
@@ -110,15 +105,16 @@ def attention_rows(device, threads, min_run_time):
             for backward in (False, True) if batch == 1 else (False,):
                 if backward:
                     inputs = (qkv.clone().requires_grad_(), bias.clone().requires_grad_(), heads, shift, mask, grad)
-                times = {
-                    impl: _median(_attention_fn(impl, backward), inputs, threads, min_run_time, device)
-                    for impl in ("reference", "fused", "sdpa")
-                }
+                with torch.inference_mode(not backward):
+                    times = {
+                        impl: _median(_attention_fn(impl, backward), inputs, threads, min_run_time, device)
+                        for impl in ("reference", "fused", "sdpa")
+                    }
                 yield _row("window attention", shape, "fwd+bwd" if backward else "forward", times)
 
 
 def _softpool_forward(impl: str):
-    return lambda x, g: _no_grad(softpool2d, x, WINDOW, impl=impl)
+    return lambda x, g: softpool2d(x, WINDOW, impl=impl)
 
 
 def _softpool_backward(impl: str):
@@ -134,7 +130,8 @@ def softpool_rows(device, threads, min_run_time):
             for backward in (False, True):
                 args = (x.clone().requires_grad_() if backward else x, g)
                 make = _softpool_backward if backward else _softpool_forward
-                times = {impl: _median(make(impl), args, *timing) for impl in ("reference", "fused")}
+                with torch.inference_mode(not backward):
+                    times = {impl: _median(make(impl), args, *timing) for impl in ("reference", "fused")}
                 shape = f"({batch}, {channels}, {height}, {width})"
                 yield _row("softpool2d", shape, "fwd+bwd" if backward else "forward", times)
 
