@@ -83,12 +83,15 @@ PYFUNDUS_INLINE void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T*
   }
 }
 
-// One row of scores (n real columns, padding up to ld) becomes the softmax
-// numerators e^(s + bias + mask - max) in two passes; returns their sum.
-// Padding columns get 0. The bias and mask are added in the reference's order.
+// The softmax of one row of scores (n real columns, padding up to ld) in two
+// passes. The first adds the bias and the mask (in the reference's order) and
+// returns the row maximum; the second turns the row into the numerators
+// e^(s - max), padding columns 0, and returns their sum. Separate functions so
+// a block of rows can run every first pass before any second one: the
+// maximum's horizontal reduction then overlaps the next row's pass instead of
+// stalling its own row's second pass.
 template <typename T>
-PYFUNDUS_INLINE T softmax_numerators(T* s, int64_t n, int64_t ld, const T* bias_row,
-                                     const T* mask_row) {
+PYFUNDUS_INLINE T biased_row_max(T* s, int64_t n, const T* bias_row, const T* mask_row) {
   // std::isgreater: the quiet comparison GCC may vectorise under
   // -ftrapping-math. A NaN is never the max but still reaches the sum.
   T m = -std::numeric_limits<T>::infinity();
@@ -105,6 +108,11 @@ PYFUNDUS_INLINE T softmax_numerators(T* s, int64_t n, int64_t ld, const T* bias_
       m = std::isgreater(s[j], m) ? s[j] : m;
     }
   }
+  return m;
+}
+
+template <typename T>
+PYFUNDUS_INLINE T softmax_numerators(T* s, int64_t n, int64_t ld, T m) {
   T sum = 0;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
@@ -178,10 +186,14 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
   const T* mask_h = mask_rows(mask, s, instance);
   for (int64_t i0 = 0; i0 < l.n; i0 += kRows) {
     matmul<Isa>(q + i0 * l.dp, l.dp, kt, l.np, p, l.np, kRows, l.np, l.hd);
-    for (int64_t i = i0; i < std::min(i0 + kRows, l.n); ++i) {
-      const T sum = softmax_numerators(p + (i - i0) * l.np, l.n, l.np, bias_rows + i * l.n,
+    const int64_t i1 = std::min(i0 + kRows, l.n);
+    T row_max[kMaxRows];
+    for (int64_t i = i0; i < i1; ++i) {
+      row_max[i - i0] = biased_row_max(p + (i - i0) * l.np, l.n, bias_rows + i * l.n,
                                        mask_h == nullptr ? nullptr : mask_h + i * l.n);
-      inv_sums[i] = T(1) / sum;
+    }
+    for (int64_t i = i0; i < i1; ++i) {
+      inv_sums[i] = T(1) / softmax_numerators(p + (i - i0) * l.np, l.n, l.np, row_max[i - i0]);
     }
     // The rows are normalised after the product: head_dim multiplies, not n.
     matmul<Isa>(p, l.np, v, l.dp, o + i0 * l.dp, l.dp, kRows, l.dp, l.np);
@@ -240,8 +252,9 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
   const T* mask_h = mask_rows(mask, s, instance);
   for (int64_t i = 0; i < l.n; ++i) {
     T* p_row = p + i * l.np;
-    const T inv_sum = T(1) / softmax_numerators(p_row, l.n, l.np, bias_rows + i * l.n,
-                                                mask_h == nullptr ? nullptr : mask_h + i * l.n);
+    const T row_max = biased_row_max(p_row, l.n, bias_rows + i * l.n,
+                                     mask_h == nullptr ? nullptr : mask_h + i * l.n);
+    const T inv_sum = T(1) / softmax_numerators(p_row, l.n, l.np, row_max);
 #pragma omp simd
     for (int64_t j = 0; j < l.n; ++j) p_row[j] *= inv_sum;
   }
@@ -314,7 +327,7 @@ template <typename S, typename T>
 TaskKernels<S, T> task_kernels() {
   const char* env = std::getenv("PYFUNDUS_CPU_ISA");
   const std::string cap = env == nullptr ? "" : env;
-  check_arg(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
+  PYFUNDUS_CHECK(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
             "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   const bool avx512 = cap.empty() || cap == "avx512";
@@ -405,7 +418,7 @@ void backward(const T* grad_out, const T* qkv, const T* bias, const T* mask, T* 
 }
 
 void check_cpu_dtype(DType dtype, bool bfloat16_allowed) {
-  check_arg(dtype == DType::Float32 || dtype == DType::Float64 ||
+  PYFUNDUS_CHECK(dtype == DType::Float32 || dtype == DType::Float64 ||
                 (bfloat16_allowed && dtype == DType::BFloat16),
             std::string("window_attention CPU kernels take float32 or float64") +
                 (bfloat16_allowed ? " (bfloat16 forward)" : "") + ", got " + dtype_name(dtype) +
