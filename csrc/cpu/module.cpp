@@ -22,7 +22,7 @@ namespace pyfundus::cpu {
 namespace {
 
 int checked_threads(int num_threads, const char* op) {
-  check_arg(num_threads >= 1,
+  PYFUNDUS_CHECK(num_threads >= 1,
             std::string(op) + ": num_threads must be >= 1, got " + std::to_string(num_threads));
   return num_threads;
 }

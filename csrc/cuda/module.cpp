@@ -23,7 +23,7 @@ namespace pyfundus::cuda {
 namespace {
 
 LaunchTarget checked_target(int device, std::uintptr_t stream, const char* op) {
-  check_arg(device >= 0, std::string(op) + ": device must be a CUDA device index >= 0, got " +
+  PYFUNDUS_CHECK(device >= 0, std::string(op) + ": device must be a CUDA device index >= 0, got " +
                              std::to_string(device));
   return LaunchTarget{device, stream};
 }
