@@ -32,10 +32,12 @@ int64_t padded(int64_t n) { return (n + kPad - 1) / kPad * kPad; }
 struct Avx2 {
   static constexpr int kBytes = 32;
   static constexpr int64_t kRows = 4;
+  static constexpr int64_t kWideGroups = 1;
 };
 struct Avx512 {
   static constexpr int kBytes = 64;
   static constexpr int64_t kRows = 8;
+  static constexpr int64_t kWideGroups = 3;  // see token_wide_matmul()
 };
 constexpr int64_t kMaxRows = 8;
 
@@ -46,18 +48,19 @@ struct Simd {
 
 // c (m x n) = op(a) (m x k) b (k x n), with op(a) = a, or a^T when kTransA (a
 // is then k x m); rows lda, ldb and ldc elements apart; m a multiple of
-// Isa::kRows, n of kPad. A kRows x kPad block of c stays in registers while p
-// runs over k: per p, kPad / lanes loads of b and kRows broadcasts of op(a)
-// feed kRows * kPad / lanes fused multiply-adds.
-template <typename Isa, bool kTransA = false, typename T>
+// Isa::kRows, n of kGroups * kPad. A kRows x (kGroups * kPad) block of c stays
+// in registers while p runs over k: per p, kGroups * kPad / lanes loads of b
+// and kRows broadcasts of op(a) feed kRows * kGroups * kPad / lanes fused
+// multiply-adds.
+template <typename Isa, bool kTransA = false, int64_t kGroups = 1, typename T>
 PYFUNDUS_INLINE void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
                             int64_t m, int64_t n, int64_t k) {
   using V = typename Simd<T, Isa::kBytes>::type;
   constexpr int64_t kRows = Isa::kRows;
   constexpr int64_t kLanes = sizeof(V) / sizeof(T);
-  constexpr int64_t kVecs = kPad / kLanes;
+  constexpr int64_t kVecs = kGroups * kPad / kLanes;
   for (int64_t i = 0; i < m; i += kRows) {
-    for (int64_t j = 0; j < n; j += kPad) {
+    for (int64_t j = 0; j < n; j += kGroups * kPad) {
       V acc[kRows][kVecs] = {};
       for (int64_t p = 0; p < k; ++p) {
         V b_vec[kVecs];
@@ -137,6 +140,21 @@ struct Local {
   int64_t backward_scratch() const { return 4 * np * dp + 2 * hd * np + 2 * np * np; }
 };
 
+// c (m x np) = a (m x hd) b (hd x np): the products as wide as the window's
+// token count (scores, and dP in the backward). On AVX-512 with np a multiple
+// of 48 (FTHNet's 144 tokens) a block spans three groups of 16 columns: 8 x 48
+// accumulators fill 24 of the 32 registers and each broadcast element of a
+// feeds three multiply-adds instead of one, so loads stop limiting the product.
+template <typename Isa, typename T>
+PYFUNDUS_INLINE void token_wide_matmul(const T* a, int64_t lda, const T* b, T* c, const Local& l,
+                                       int64_t m) {
+  if (Isa::kWideGroups > 1 && l.np % (Isa::kWideGroups * kPad) == 0) {
+    matmul<Isa, false, Isa::kWideGroups>(a, lda, b, l.np, c, l.np, m, l.np, l.hd);
+  } else {
+    matmul<Isa>(a, lda, b, l.np, c, l.np, m, l.np, l.hd);
+  }
+}
+
 template <typename T>
 T softmax_scale(const WindowAttentionShape& s) {
   return static_cast<T>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
@@ -185,7 +203,7 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
   const T* bias_rows = bias + head * l.n * l.n;
   const T* mask_h = mask_rows(mask, s, instance);
   for (int64_t i0 = 0; i0 < l.n; i0 += kRows) {
-    matmul<Isa>(q + i0 * l.dp, l.dp, kt, l.np, p, l.np, kRows, l.np, l.hd);
+    token_wide_matmul<Isa>(q + i0 * l.dp, l.dp, kt, p, l, kRows);
     const int64_t i1 = std::min(i0 + kRows, l.n);
     T row_max[kMaxRows];
     for (int64_t i = i0; i < i1; ++i) {
@@ -247,7 +265,7 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
       dout[t * l.dp + d] = src_grad[d];
     }
   }
-  matmul<Isa>(q, l.dp, kt, l.np, p, l.np, l.np, l.np, l.hd);
+  token_wide_matmul<Isa>(q, l.dp, kt, p, l, l.np);
   const T* bias_rows = bias + head * l.n * l.n;
   const T* mask_h = mask_rows(mask, s, instance);
   for (int64_t i = 0; i < l.n; ++i) {
@@ -258,7 +276,7 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
 #pragma omp simd
     for (int64_t j = 0; j < l.n; ++j) p_row[j] *= inv_sum;
   }
-  matmul<Isa>(dout, l.dp, vt, l.np, ds, l.np, l.np, l.np, l.hd);
+  token_wide_matmul<Isa>(dout, l.dp, vt, ds, l, l.np);
   for (int64_t i = 0; i < l.n; ++i) {
     T* ds_row = ds + i * l.np;
     const T* p_row = p + i * l.np;
