@@ -5,7 +5,7 @@ model's forward. Its earlier versions entered the block on every call, which add
 both sides of a cell: that matters for SoftPool at FTHNet's last stage, where the fused call
 itself takes a few microseconds. This prints both ways, side by side, in one run:
 
-    python benchmarks/timing_method.py [--threads N]
+    python benchmarks/timing_method.py [--threads N] [--min-run-time SECONDS]
 """
 
 from __future__ import annotations
@@ -19,22 +19,25 @@ from pyfundus.ops import softpool2d
 from pyfundus.ops.window_attention import window_attention
 
 
-def _median(fn, threads: int, block_per_call: bool) -> float:
+def _median(fn, threads: int, min_run_time: float, block_per_call: bool) -> float:
     if block_per_call:
 
         def call():
             with torch.inference_mode():
                 return fn()
 
-        return benchmark.Timer("call()", globals={"call": call}, num_threads=threads).blocked_autorange(min_run_time=1).median
+        timer = benchmark.Timer("call()", globals={"call": call}, num_threads=threads)
+        return timer.blocked_autorange(min_run_time=min_run_time).median
     with torch.inference_mode():
         fn()
-        return benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=1).median
+        timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+        return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per cell")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randn(1, 32, 12, 12, generator=torch.Generator().manual_seed(0))
@@ -46,7 +49,10 @@ def main() -> None:
     }
     for name, op in cases.items():
         for block_per_call in (True, False):
-            times = {impl: _median(lambda impl=impl: op(impl), args.threads, block_per_call) for impl in ("reference", "fused")}
+            times = {
+                impl: _median(lambda impl=impl: op(impl), args.threads, args.min_run_time, block_per_call)
+                for impl in ("reference", "fused")
+            }
             method = "a block per call" if block_per_call else "one block       "
             print(
                 f"{name:38s} {method}: reference {times['reference'] * 1e6:7.1f} us, "
