@@ -174,7 +174,7 @@ def _softpool2d_kernel(x: Tensor, kernel_size: list[int], stride: list[int]) -> 
     return _fused_forward(x, _geometry(x, kernel_size, stride))
 
 
-# Registered from the plain function, which stays callable for eager inference.
+# Registered from a plain function; eager inference calls _fused_forward directly.
 _softpool2d_op = torch.library.custom_op("pyfundus::softpool2d", _softpool2d_kernel, mutates_args=())
 
 

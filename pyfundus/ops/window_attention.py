@@ -197,18 +197,23 @@ def _window_attention_kernel(
     window_size: int,
     shift_size: int,
 ) -> Tensor:
-    """The fused forward: the custom op's body, and what eager inference calls directly."""
+    """The custom op's body."""
     _check_inputs(qkv, relative_position_bias, attn_mask, num_heads, window_size, shift_size)
-    sizes = _sizes(qkv, num_heads, window_size, shift_size)
     side = _side_dtype(qkv)
     bias, mask = _as(relative_position_bias, side), _as(attn_mask, side)
+    return _fused_forward(qkv, bias, mask, _sizes(qkv, num_heads, window_size, shift_size))
+
+
+def _fused_forward(qkv: Tensor, bias: Tensor, mask: Optional[Tensor], sizes: tuple[int, ...]) -> Tensor:
+    """The fused forward of checked inputs whose bias and mask are already in ``_side_dtype(qkv)``:
+    what eager inference calls directly."""
     if qkv.is_cpu and qkv.dtype == torch.float16:
         # The CPU kernel reads and writes bfloat16 itself; float16 goes through a float32 copy.
         return _forward(qkv.float(), bias, mask, sizes).to(qkv.dtype)
     return _forward(qkv, bias, mask, sizes)
 
 
-# Registered from the plain function, which stays callable for eager inference.
+# Registered from a plain function; eager inference calls _fused_forward directly.
 _window_attention_op = torch.library.custom_op("pyfundus::window_attention", _window_attention_kernel, mutates_args=())
 
 
@@ -338,5 +343,6 @@ def window_attention(
         attn_mask = _as(attn_mask, side_dtype)
     bias = _as(relative_position_bias, side_dtype)
     if eager_inference(qkv, bias, attn_mask):
-        return _window_attention_kernel(qkv, bias, attn_mask, num_heads, window_size, shift_size)
+        _check_inputs(qkv, bias, attn_mask, num_heads, window_size, shift_size)
+        return _fused_forward(qkv, bias, attn_mask, _sizes(qkv, num_heads, window_size, shift_size))
     return torch.ops.pyfundus.window_attention(qkv, bias, attn_mask, num_heads, window_size, shift_size)
