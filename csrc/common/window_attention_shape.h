@@ -49,13 +49,13 @@ inline WindowAttentionShape make_window_attention_shape(int64_t batch, int64_t h
   PYFUNDUS_CHECK(batch >= 0, "window_attention: batch must be >= 0, got " + str(batch));
   PYFUNDUS_CHECK(window >= 1, "window_attention: window_size must be >= 1, got " + str(window));
   PYFUNDUS_CHECK(height >= 1 && width >= 1 && height % window == 0 && width % window == 0,
-            "window_attention: window_size " + str(window) + " must divide the grid (" +
-                str(height) + ", " + str(width) + ")");
+                 "window_attention: window_size " + str(window) + " must divide the grid (" +
+                     str(height) + ", " + str(width) + ")");
   PYFUNDUS_CHECK(heads >= 1 && channels >= 1 && channels % heads == 0,
-            "window_attention: channels " + str(channels) + " must be a positive multiple of " +
-                "num_heads " + str(heads));
+                 "window_attention: channels " + str(channels) +
+                     " must be a positive multiple of num_heads " + str(heads));
   PYFUNDUS_CHECK(shift >= 0 && shift < window, "window_attention: shift_size must be in [0, " +
-                                              str(window) + "), got " + str(shift));
+                                                   str(window) + "), got " + str(shift));
   return WindowAttentionShape{batch, height, width, channels, heads, channels / heads,
                               window, shift, height / window, width / window, window * window};
 }

@@ -22,8 +22,8 @@ namespace pyfundus::cpu {
 namespace {
 
 int checked_threads(int num_threads, const char* op) {
-  PYFUNDUS_CHECK(num_threads >= 1,
-            std::string(op) + ": num_threads must be >= 1, got " + std::to_string(num_threads));
+  PYFUNDUS_CHECK(num_threads >= 1, std::string(op) + ": num_threads must be >= 1, got " +
+                                       std::to_string(num_threads));
   return num_threads;
 }
 

@@ -191,8 +191,8 @@ void backward(const T* grad_y, const T* x, T* grad_x, const SoftPoolShape& s, in
 
 void check_cpu_dtype(DType dtype) {
   PYFUNDUS_CHECK(dtype == DType::Float32 || dtype == DType::Float64,
-            std::string("softpool2d CPU kernels take float32 or float64, got ") +
-                dtype_name(dtype) + " (compute half types in float32)");
+                 std::string("softpool2d CPU kernels take float32 or float64, got ") +
+                     dtype_name(dtype) + " (compute half types in float32)");
 }
 
 }  // namespace

@@ -346,7 +346,7 @@ TaskKernels<S, T> task_kernels() {
   const char* env = std::getenv("PYFUNDUS_CPU_ISA");
   const std::string cap = env == nullptr ? "" : env;
   PYFUNDUS_CHECK(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
-            "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
+                 "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
   const bool avx512 = cap.empty() || cap == "avx512";
   if (avx512 && __builtin_cpu_supports("x86-64-v4")) {
@@ -437,10 +437,10 @@ void backward(const T* grad_out, const T* qkv, const T* bias, const T* mask, T* 
 
 void check_cpu_dtype(DType dtype, bool bfloat16_allowed) {
   PYFUNDUS_CHECK(dtype == DType::Float32 || dtype == DType::Float64 ||
-                (bfloat16_allowed && dtype == DType::BFloat16),
-            std::string("window_attention CPU kernels take float32 or float64") +
-                (bfloat16_allowed ? " (bfloat16 forward)" : "") + ", got " + dtype_name(dtype) +
-                " (compute other half types in float32)");
+                     (bfloat16_allowed && dtype == DType::BFloat16),
+                 std::string("window_attention CPU kernels take float32 or float64") +
+                     (bfloat16_allowed ? " (bfloat16 forward)" : "") + ", got " +
+                     dtype_name(dtype) + " (compute other half types in float32)");
 }
 
 }  // namespace

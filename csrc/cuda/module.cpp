@@ -24,7 +24,7 @@ namespace {
 
 LaunchTarget checked_target(int device, std::uintptr_t stream, const char* op) {
   PYFUNDUS_CHECK(device >= 0, std::string(op) + ": device must be a CUDA device index >= 0, got " +
-                             std::to_string(device));
+                                  std::to_string(device));
   return LaunchTarget{device, stream};
 }
 

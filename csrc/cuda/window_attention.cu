@@ -262,7 +262,7 @@ Plan make_plan(const WindowAttentionShape& s, size_t element, int matrices_n, co
     const int64_t tiles = (s.tokens + rows - 1) / rows;
     const int64_t blocks = s.instances() * s.heads * tiles;
     PYFUNDUS_CHECK(blocks <= std::numeric_limits<int>::max(),
-              std::string(op) + ": too many windows for one launch");
+                   std::string(op) + ": too many windows for one launch");
     return {rows, tiles, static_cast<size_t>(elements) * element,
             static_cast<unsigned int>(blocks)};
   }
