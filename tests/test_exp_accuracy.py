@@ -38,3 +38,22 @@ def test_exp_nonpositive_error_over_every_float(tmp_path, march):
     assert result.returncode == 0, result.stdout + result.stderr
     worst = float(re.search(r"worst_ulp (\S+)", result.stdout).group(1))
     assert worst <= WORST_ULP_BOUND, result.stdout
+
+
+def test_coefficients_are_those_the_fitting_script_gives():
+    """The polynomial in vector_math.h is reproducible: scripts/fit_exp_polynomial.py prints it."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("fit_exp_polynomial", ROOT / "scripts/fit_exp_polynomial.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    coeffs, worst = module.fit(5)
+    header = (ROOT / "csrc/cpu/vector_math.h").read_text()
+    body = header[header.index("PYFUNDUS_INLINE float exp_nonpositive") :]
+    body = body[: body.index("return")]
+    in_header = [np.float32(v) for v in re.findall(r"p = (?:p \* r \+ )?([0-9.e-]+)f;", body)]
+    # Horner order in the kernel: c5 first, down to c1, then the constant term 1.
+    assert in_header == [np.float32(c) for c in reversed(coeffs)] + [np.float32(1)]
+    assert worst < 1.1e-7
