@@ -163,6 +163,8 @@ def test_every_cpu_variant_matches_reference(isa, monkeypatch):
     for case, dtype, tol in [
         ((3, 14, 21, 40, 5, 7, 3), torch.float32, 2e-5),
         ((2, 12, 12, 32, 2, 6, 3), torch.float32, 2e-5),  # 36 tokens padded to 48: AVX-512's wide products
+        ((2, 8, 8, 32, 2, 4, 2), torch.float32, 2e-5),  # 16 tokens, unpadded: bias, mask and max in the product
+        ((1, 12, 12, 32, 2, 12, 0), torch.float32, 2e-5),  # FTHNet's last stage: 144 tokens, no mask
         ((2, 8, 8, 16, 2, 4, 2), torch.float64, 1e-12),
         ((1, 12, 12, 16, 2, 6, 3), torch.float64, 1e-12),
     ]:
@@ -172,6 +174,26 @@ def test_every_cpu_variant_matches_reference(isa, monkeypatch):
         ref = forward_backward(qkv, bias, heads, ws, shift, mask, "reference")
         for actual, expected in zip(fused, ref):
             assert rel_err(actual, expected) < tol
+
+
+@pytest.mark.parametrize("isa", ["avx512", "avx2", "baseline"])
+@pytest.mark.parametrize("ws", [4, 6], ids=["unpadded", "padded"])
+def test_nan_reaches_the_same_outputs_as_in_the_reference(ws, isa, monkeypatch):
+    # A NaN in one token's q spoils that token's row; one in k spoils its whole window and
+    # head. Both code paths for the scores (bias and max added in the product's epilogue
+    # when the window needs no padding, in a separate pass when it does) must agree.
+    monkeypatch.setenv("PYFUNDUS_CPU_ISA", isa)
+    qkv, bias, mask = make_inputs(1, 12, 12, 32, 2, ws, 2, seed=5)
+    channels = 16
+    qkv[0, 1, 2, 3] = float("nan")  # q of pixel (1, 2), head 0
+    qkv[0, 7, 5, channels + 8 + 1] = float("nan")  # k of pixel (7, 5), head 1
+    with torch.no_grad():
+        fused = window_attention(qkv, bias, 2, ws, 2, mask, impl="fused")
+        ref = window_attention(qkv, bias, 2, ws, 2, mask, impl="reference")
+    assert fused.isnan().any()
+    assert torch.equal(fused.isnan(), ref.isnan())
+    finite = ~ref.isnan()
+    assert rel_err(fused[finite], ref[finite]) < 2e-5
 
 
 def test_bad_cpu_variant_is_a_clear_error(monkeypatch):

@@ -51,10 +51,17 @@ struct Simd {
 // Isa::kRows, n of kGroups * kPad. A kRows x (kGroups * kPad) block of c stays
 // in registers while p runs over k: per p, kGroups * kPad / lanes loads of b
 // and kRows broadcasts of op(a) feed kRows * kGroups * kPad / lanes fused
-// multiply-adds.
-template <typename Isa, bool kTransA = false, int64_t kGroups = 1, typename T>
+// multiply-adds. `epilogue` (row, column, vector) may change each finished
+// vector of c on its way to memory.
+struct StoreAsIs {
+  template <typename V>
+  PYFUNDUS_INLINE void operator()(int64_t, int64_t, V&) const {}
+};
+
+template <typename Isa, bool kTransA = false, int64_t kGroups = 1, typename T,
+          typename Epilogue = StoreAsIs>
 PYFUNDUS_INLINE void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T* c, int64_t ldc,
-                            int64_t m, int64_t n, int64_t k) {
+                            int64_t m, int64_t n, int64_t k, Epilogue epilogue = {}) {
   using V = typename Simd<T, Isa::kBytes>::type;
   constexpr int64_t kRows = Isa::kRows;
   constexpr int64_t kLanes = sizeof(V) / sizeof(T);
@@ -79,6 +86,7 @@ PYFUNDUS_INLINE void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T*
       for (int64_t r = 0; r < kRows; ++r) {
 #pragma GCC unroll 8
         for (int64_t v = 0; v < kVecs; ++v) {
+          epilogue(i + r, j + v * kLanes, acc[r][v]);
           __builtin_memcpy(c + (i + r) * ldc + j + v * kLanes, &acc[r][v], sizeof(V));
         }
       }
@@ -89,10 +97,10 @@ PYFUNDUS_INLINE void matmul(const T* a, int64_t lda, const T* b, int64_t ldb, T*
 // The softmax of one row of scores (n real columns, padding up to ld) in two
 // passes. The first adds the bias and the mask (in the reference's order) and
 // returns the row maximum; the second turns the row into the numerators
-// e^(s - max), padding columns 0, and returns their sum. Separate functions so
-// a block of rows can run every first pass before any second one: the
-// maximum's horizontal reduction then overlaps the next row's pass instead of
-// stalling its own row's second pass.
+// e^(s - max), padding columns 0, and leaves their sum in parts. Separate
+// functions so a block of rows can run every first pass before any second
+// one: the maximum's horizontal reduction then overlaps the next row's pass
+// instead of stalling its own row's second pass.
 template <typename T>
 PYFUNDUS_INLINE T biased_row_max(T* s, int64_t n, const T* bias_row, const T* mask_row) {
   // std::isgreater: the quiet comparison GCC may vectorise under
@@ -114,17 +122,44 @@ PYFUNDUS_INLINE T biased_row_max(T* s, int64_t n, const T* bias_row, const T* ma
   return m;
 }
 
+// The numerators' sum is left as kSumLanes partial sums, part l at
+// lane_sums[l * stride]: GCC ends a reduction loop with a chain of dependent
+// scalar adds over the vector's lanes, which took 3% of a task when every row
+// paid for it. row_sum_inverses() then adds the parts of all rows at once.
+constexpr int64_t kSumLanes = 16;  // float lanes in an AVX-512 vector
+
 template <typename T>
-PYFUNDUS_INLINE T softmax_numerators(T* s, int64_t n, int64_t ld, T m) {
-  T sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) {
+PYFUNDUS_INLINE void softmax_numerators(T* s, int64_t n, int64_t ld, T m, T* lane_sums,
+                                        int64_t stride) {
+  T parts[kSumLanes] = {};
+  int64_t j = 0;
+  for (; j + kSumLanes <= n; j += kSumLanes) {
+#pragma omp simd
+    for (int64_t lane = 0; lane < kSumLanes; ++lane) {
+      const T e = exp_nonpositive(s[j + lane] - m);
+      s[j + lane] = e;
+      parts[lane] += e;
+    }
+  }
+  for (int64_t lane = 0; j < n; ++j, ++lane) {
     const T e = exp_nonpositive(s[j] - m);
     s[j] = e;
-    sum += e;
+    parts[lane] += e;
   }
+  for (int64_t lane = 0; lane < kSumLanes; ++lane) lane_sums[lane * stride] = parts[lane];
   std::fill(s + n, s + ld, T(0));
-  return sum;
+}
+
+// inv_sums[i] = 1 / (sum of row i's parts), for rows 0 .. n-1 of lane_sums
+// (kSumLanes x stride, one column per row).
+template <typename T>
+PYFUNDUS_INLINE void row_sum_inverses(const T* lane_sums, int64_t n, int64_t stride, T* inv_sums) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    T sum = 0;
+    for (int64_t lane = 0; lane < kSumLanes; ++lane) sum += lane_sums[lane * stride + i];
+    inv_sums[i] = T(1) / sum;
+  }
 }
 
 // ---- per (window, head) tasks -------------------------------------------------
@@ -136,8 +171,12 @@ struct Local {
 
   explicit Local(const WindowAttentionShape& s)
       : n(s.tokens), np(padded(s.tokens)), hd(s.head_dim), dp(padded(s.head_dim)) {}
-  int64_t forward_scratch() const { return 3 * np * dp + hd * np + kMaxRows * np + np; }
-  int64_t backward_scratch() const { return 4 * np * dp + 2 * hd * np + 2 * np * np; }
+  int64_t forward_scratch() const {
+    return 3 * np * dp + hd * np + kMaxRows * np + (kSumLanes + 1) * np;
+  }
+  int64_t backward_scratch() const {
+    return 4 * np * dp + 2 * hd * np + 2 * np * np + (kSumLanes + 1) * np;
+  }
 };
 
 // c (m x np) = a (m x hd) b (hd x np): the products as wide as the window's
@@ -145,13 +184,71 @@ struct Local {
 // of 48 (FTHNet's 144 tokens) a block spans three groups of 16 columns: 8 x 48
 // accumulators fill 24 of the 32 registers and each broadcast element of a
 // feeds three multiply-adds instead of one, so loads stop limiting the product.
-template <typename Isa, typename T>
+template <typename Isa, typename T, typename Epilogue = StoreAsIs>
 PYFUNDUS_INLINE void token_wide_matmul(const T* a, int64_t lda, const T* b, T* c, const Local& l,
-                                       int64_t m) {
+                                       int64_t m, Epilogue epilogue = {}) {
   if (Isa::kWideGroups > 1 && l.np % (Isa::kWideGroups * kPad) == 0) {
-    matmul<Isa, false, Isa::kWideGroups>(a, lda, b, l.np, c, l.np, m, l.np, l.hd);
+    matmul<Isa, false, Isa::kWideGroups>(a, lda, b, l.np, c, l.np, m, l.np, l.hd, epilogue);
   } else {
-    matmul<Isa>(a, lda, b, l.np, c, l.np, m, l.np, l.hd);
+    matmul<Isa>(a, lda, b, l.np, c, l.np, m, l.np, l.hd, epilogue);
+  }
+}
+
+// The scores' epilogue for windows without padding tokens (np == n, as with
+// FTHNet's 144): adds the bias and the mask in the reference's order as the
+// product stores each vector, and keeps each row's running maximum per lane.
+// That replaces biased_row_max(), a second load and store of every score.
+// `bias` and `mask` (or nullptr) point at the row block's first row.
+template <typename T, typename V>
+struct AddBiasKeepMax {
+  const T* bias;
+  const T* mask;
+  int64_t n;
+  V* lane_max;
+
+  PYFUNDUS_INLINE void operator()(int64_t row, int64_t column, V& scores) const {
+    V add;
+    __builtin_memcpy(&add, bias + row * n + column, sizeof(V));
+    scores += add;
+    if (mask != nullptr) {
+      __builtin_memcpy(&add, mask + row * n + column, sizeof(V));
+      scores += add;
+    }
+    // An ordered comparison, as in biased_row_max(): a NaN never becomes the max.
+    lane_max[row] = scores > lane_max[row] ? scores : lane_max[row];
+  }
+};
+
+// The scores of query rows i0 .. i0 + Isa::kRows into p, biased and masked, and
+// each row's maximum into row_max.
+template <typename Isa, typename T>
+PYFUNDUS_INLINE void biased_scores(const T* q, const T* kt, const T* bias_head,
+                                   const T* mask_head, T* p, T* row_max, const Local& l,
+                                   int64_t i0) {
+  constexpr int64_t kRows = Isa::kRows;
+  const int64_t rows = std::min(kRows, l.n - i0);
+  if (l.np != l.n) {
+    token_wide_matmul<Isa>(q + i0 * l.dp, l.dp, kt, p, l, kRows);
+    for (int64_t r = 0; r < rows; ++r) {
+      row_max[r] = biased_row_max(p + r * l.np, l.n, bias_head + (i0 + r) * l.n,
+                                  mask_head == nullptr ? nullptr : mask_head + (i0 + r) * l.n);
+    }
+    return;
+  }
+  // n is then a multiple of kPad, so of kRows: every row of the block is real.
+  using V = typename Simd<T, Isa::kBytes>::type;
+  constexpr int64_t kLanes = sizeof(V) / sizeof(T);
+  V lane_max[kRows];
+  for (int64_t r = 0; r < kRows; ++r) lane_max[r] = V{} - std::numeric_limits<T>::infinity();
+  const T* mask_block = mask_head == nullptr ? nullptr : mask_head + i0 * l.n;
+  token_wide_matmul<Isa>(q + i0 * l.dp, l.dp, kt, p, l, kRows,
+                         AddBiasKeepMax<T, V>{bias_head + i0 * l.n, mask_block, l.n, lane_max});
+  for (int64_t r = 0; r < kRows; ++r) {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t lane = 0; lane < kLanes; ++lane) {
+      m = std::isgreater(lane_max[r][lane], m) ? lane_max[r][lane] : m;
+    }
+    row_max[r] = m;
   }
 }
 
@@ -176,7 +273,8 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
   T* o = v + l.np * l.dp;   // np x dp
   T* kt = o + l.np * l.dp;  // hd x np: k transposed
   T* p = kt + l.hd * l.np;  // Isa::kRows x np: scores, then softmax numerators
-  T* inv_sums = p + kMaxRows * l.np;  // np: 1 / softmax denominator of each row
+  T* lane_sums = p + kMaxRows * l.np;        // kSumLanes x np: parts of each row's sum
+  T* inv_sums = lane_sums + kSumLanes * l.np;  // np: 1 / softmax denominator of each row
   const T scale = softmax_scale<T>(s);
   const int64_t c = s.channels;
   // k is copied row by row like q and v (into o, free until the first product
@@ -203,19 +301,16 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
   const T* bias_rows = bias + head * l.n * l.n;
   const T* mask_h = mask_rows(mask, s, instance);
   for (int64_t i0 = 0; i0 < l.n; i0 += kRows) {
-    token_wide_matmul<Isa>(q + i0 * l.dp, l.dp, kt, p, l, kRows);
-    const int64_t i1 = std::min(i0 + kRows, l.n);
     T row_max[kMaxRows];
+    biased_scores<Isa>(q, kt, bias_rows, mask_h, p, row_max, l, i0);
+    const int64_t i1 = std::min(i0 + kRows, l.n);
     for (int64_t i = i0; i < i1; ++i) {
-      row_max[i - i0] = biased_row_max(p + (i - i0) * l.np, l.n, bias_rows + i * l.n,
-                                       mask_h == nullptr ? nullptr : mask_h + i * l.n);
-    }
-    for (int64_t i = i0; i < i1; ++i) {
-      inv_sums[i] = T(1) / softmax_numerators(p + (i - i0) * l.np, l.n, l.np, row_max[i - i0]);
+      softmax_numerators(p + (i - i0) * l.np, l.n, l.np, row_max[i - i0], lane_sums + i, l.np);
     }
     // The rows are normalised after the product: head_dim multiplies, not n.
     matmul<Isa>(p, l.np, v, l.dp, o + i0 * l.dp, l.dp, kRows, l.dp, l.np);
   }
+  row_sum_inverses(lane_sums, l.n, l.np, inv_sums);
   for (int64_t t = 0; t < l.n; ++t) {
     S* dst = out + s.pixel(instance, t) * c + head * l.hd;
     for (int64_t d = 0; d < l.hd; ++d) dst[d] = Narrow<S>::from(o[t * l.dp + d] * inv_sums[t]);
@@ -251,6 +346,8 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
   T* vt = kt + l.hd * l.np;   // hd x np
   T* p = vt + l.hd * l.np;    // np x np: probabilities
   T* ds = p + l.np * l.np;    // np x np: dP, then dS
+  T* lane_sums = ds + l.np * l.np;             // kSumLanes x np: parts of each row's sum
+  T* inv_sums = lane_sums + kSumLanes * l.np;  // np
   const T scale = softmax_scale<T>(s);
   const int64_t c = s.channels;
   for (int64_t t = 0; t < l.n; ++t) {
@@ -272,9 +369,13 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
     T* p_row = p + i * l.np;
     const T row_max = biased_row_max(p_row, l.n, bias_rows + i * l.n,
                                      mask_h == nullptr ? nullptr : mask_h + i * l.n);
-    const T inv_sum = T(1) / softmax_numerators(p_row, l.n, l.np, row_max);
+    softmax_numerators(p_row, l.n, l.np, row_max, lane_sums + i, l.np);
+  }
+  row_sum_inverses(lane_sums, l.n, l.np, inv_sums);
+  for (int64_t i = 0; i < l.n; ++i) {
+    T* p_row = p + i * l.np;
 #pragma omp simd
-    for (int64_t j = 0; j < l.n; ++j) p_row[j] *= inv_sum;
+    for (int64_t j = 0; j < l.n; ++j) p_row[j] *= inv_sums[i];
   }
   token_wide_matmul<Isa>(dout, l.dp, vt, ds, l, l.np);
   for (int64_t i = 0; i < l.n; ++i) {
