@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -175,7 +176,7 @@ struct Local {
     return 3 * np * dp + hd * np + kMaxRows * np + (kSumLanes + 1) * np;
   }
   int64_t backward_scratch() const {
-    return 4 * np * dp + 2 * hd * np + 2 * np * np + (kSumLanes + 1) * np;
+    return 4 * np * dp + 2 * hd * np + 2 * np * np + (kSumLanes + 2) * np;
   }
 };
 
@@ -252,6 +253,17 @@ PYFUNDUS_INLINE void biased_scores(const T* q, const T* kt, const T* bias_head,
   }
 }
 
+// cols (hd x np) = the first n rows of rows (np x dp), transposed. The tasks
+// copy k (and v) from qkv row by row and transpose them here: storing them
+// transposed straight from qkv, one scattered store per element, took a tenth
+// of a forward task at FTHNet's last stage.
+template <typename T>
+PYFUNDUS_INLINE void transpose_rows(const T* rows, T* cols, const Local& l) {
+  for (int64_t d = 0; d < l.hd; ++d) {
+    for (int64_t t = 0; t < l.n; ++t) cols[d * l.np + t] = rows[t * l.dp + d];
+  }
+}
+
 template <typename T>
 T softmax_scale(const WindowAttentionShape& s) {
   return static_cast<T>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
@@ -277,11 +289,7 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
   T* inv_sums = lane_sums + kSumLanes * l.np;  // np: 1 / softmax denominator of each row
   const T scale = softmax_scale<T>(s);
   const int64_t c = s.channels;
-  // k is copied row by row like q and v (into o, free until the first product
-  // with v), then transposed from there: storing it transposed straight from
-  // qkv, one scattered store per element, took a tenth of the task at
-  // FTHNet's last stage.
-  T* k = o;
+  T* k = o;  // k's rows until they are transposed; o is free until the first product with v
   for (int64_t t = 0; t < l.n; ++t) {
     const S* src = qkv + s.pixel(instance, t) * 3 * c + head * l.hd;
 #pragma omp simd
@@ -291,9 +299,7 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
 #pragma omp simd
     for (int64_t d = 0; d < l.hd; ++d) v[t * l.dp + d] = widen(src[2 * c + d]);
   }
-  for (int64_t d = 0; d < l.hd; ++d) {
-    for (int64_t t = 0; t < l.n; ++t) kt[d * l.np + t] = k[t * l.dp + d];
-  }
+  transpose_rows(k, kt, l);
   // kRows query rows at a time: their scores stay in L1 from the product
   // through the softmax to the product with v. Padding rows of q are 0, so
   // padding rows of p stay 0 and add nothing.
@@ -334,9 +340,9 @@ PYFUNDUS_INLINE void scatter(const T* res, T factor, T* grad_qkv, int slot,
 // dK = scale dS^T Q, d(bias) = dS (added to grad_bias_head, n x n).
 template <typename Isa, typename T>
 PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bias,
-                                          const T* mask, T* grad_qkv, T* grad_bias_head,
-                                          const WindowAttentionShape& s, int64_t instance,
-                                          int64_t head, T* scratch) {
+                                   const T* mask, T* grad_qkv, T* grad_bias_head,
+                                   bool add_to_grad_bias, const WindowAttentionShape& s,
+                                   int64_t instance, int64_t head, T* scratch) {
   const Local l(s);
   T* q = scratch;             // np x dp, times the softmax scale
   T* k = q + l.np * l.dp;     // np x dp
@@ -348,28 +354,33 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
   T* ds = p + l.np * l.np;    // np x np: dP, then dS
   T* lane_sums = ds + l.np * l.np;             // kSumLanes x np: parts of each row's sum
   T* inv_sums = lane_sums + kSumLanes * l.np;  // np
+  T* row_max = inv_sums + l.np;                // np
   const T scale = softmax_scale<T>(s);
   const int64_t c = s.channels;
+  T* v = res;  // v's rows until they are transposed
   for (int64_t t = 0; t < l.n; ++t) {
     const int64_t pixel = s.pixel(instance, t);
     const T* src = qkv + pixel * 3 * c + head * l.hd;
     const T* src_grad = grad_out + pixel * c + head * l.hd;
-    for (int64_t d = 0; d < l.hd; ++d) {
-      q[t * l.dp + d] = src[d] * scale;
-      k[t * l.dp + d] = src[c + d];
-      kt[d * l.np + t] = src[c + d];
-      vt[d * l.np + t] = src[2 * c + d];
-      dout[t * l.dp + d] = src_grad[d];
-    }
+#pragma omp simd
+    for (int64_t d = 0; d < l.hd; ++d) q[t * l.dp + d] = src[d] * scale;
+#pragma omp simd
+    for (int64_t d = 0; d < l.hd; ++d) k[t * l.dp + d] = src[c + d];
+#pragma omp simd
+    for (int64_t d = 0; d < l.hd; ++d) v[t * l.dp + d] = src[2 * c + d];
+#pragma omp simd
+    for (int64_t d = 0; d < l.hd; ++d) dout[t * l.dp + d] = src_grad[d];
   }
-  token_wide_matmul<Isa>(q, l.dp, kt, p, l, l.np);
+  transpose_rows(k, kt, l);
+  transpose_rows(v, vt, l);
   const T* bias_rows = bias + head * l.n * l.n;
   const T* mask_h = mask_rows(mask, s, instance);
+  // Every block up to np, so padding rows of p are written too (0: those of q are).
+  for (int64_t i0 = 0; i0 < l.np; i0 += Isa::kRows) {
+    biased_scores<Isa>(q, kt, bias_rows, mask_h, p + i0 * l.np, row_max + i0, l, i0);
+  }
   for (int64_t i = 0; i < l.n; ++i) {
-    T* p_row = p + i * l.np;
-    const T row_max = biased_row_max(p_row, l.n, bias_rows + i * l.n,
-                                     mask_h == nullptr ? nullptr : mask_h + i * l.n);
-    softmax_numerators(p_row, l.n, l.np, row_max, lane_sums + i, l.np);
+    softmax_numerators(p + i * l.np, l.n, l.np, row_max[i], lane_sums + i, l.np);
   }
   row_sum_inverses(lane_sums, l.n, l.np, inv_sums);
   for (int64_t i = 0; i < l.n; ++i) {
@@ -387,8 +398,12 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
 #pragma omp simd
     for (int64_t j = 0; j < l.np; ++j) ds_row[j] = p_row[j] * (ds_row[j] - dot);
     T* gb_row = grad_bias_head + i * l.n;
+    if (add_to_grad_bias) {
 #pragma omp simd
-    for (int64_t j = 0; j < l.n; ++j) gb_row[j] += ds_row[j];
+      for (int64_t j = 0; j < l.n; ++j) gb_row[j] += ds_row[j];
+    } else {
+      std::copy(ds_row, ds_row + l.n, gb_row);
+    }
   }
   // Padding rows of p and dP are 0 (padding rows of q and dO are), so those of dS are too.
   matmul<Isa, true>(p, l.np, dout, l.dp, res, l.dp, l.np, l.dp, l.np);
@@ -405,8 +420,8 @@ template <typename S, typename T>
 struct TaskKernels {
   void (*forward)(const S*, const T*, const T*, S*, const WindowAttentionShape&, int64_t,
                   int64_t, T*);
-  void (*backward)(const T*, const T*, const T*, const T*, T*, T*, const WindowAttentionShape&,
-                   int64_t, int64_t, T*);
+  void (*backward)(const T*, const T*, const T*, const T*, T*, T*, bool,
+                   const WindowAttentionShape&, int64_t, int64_t, T*);
 };
 
 // The task bodies are always_inline, so each wrapper below compiles them for
@@ -420,10 +435,11 @@ struct TaskKernels {
   }                                                                                            \
   template <typename T>                                                                        \
   target void backward_##name(const T* grad_out, const T* qkv, const T* bias, const T* mask,  \
-                              T* grad_qkv, T* grad_bias_head, const WindowAttentionShape& s,  \
-                              int64_t instance, int64_t head, T* scratch) {                   \
-    backward_task<isa>(grad_out, qkv, bias, mask, grad_qkv, grad_bias_head, s, instance, head, \
-                       scratch);                                                               \
+                              T* grad_qkv, T* grad_bias_head, bool add_to_grad_bias,          \
+                              const WindowAttentionShape& s, int64_t instance, int64_t head,  \
+                              T* scratch) {                                                    \
+    backward_task<isa>(grad_out, qkv, bias, mask, grad_qkv, grad_bias_head, add_to_grad_bias, \
+                       s, instance, head, scratch);                                            \
   }
 
 PYFUNDUS_TASK_VARIANT(baseline, Avx2, )
@@ -497,7 +513,8 @@ void forward(const S* qkv, const T* bias, const T* mask, S* out, const WindowAtt
 }
 
 // Tasks the backward aims for: each owns one head and a fixed chunk of window
-// instances, and sums its bias gradient into a partial of its own.
+// instances, and sums its bias gradient into a partial of its own (chunk 0's
+// is grad_bias itself).
 constexpr int64_t kBackwardTasks = 64;
 
 template <typename T>
@@ -510,29 +527,39 @@ void backward(const T* grad_out, const T* qkv, const T* bias, const T* mask, T* 
     return;
   }
   // The chunks do not depend on the thread count, and the partials are added
-  // in chunk order below, so grad_bias is the same for any num_threads.
+  // in chunk order below, so grad_bias is the same for any num_threads. Every
+  // chunk has at least one instance, and its first one assigns the partial
+  // instead of adding to it, so no partial needs zeroing: at FTHNet's last
+  // stage (one window, one chunk) zeroing and summing a partial took a sixth
+  // of the backward.
   const int64_t chunks = std::clamp<int64_t>(kBackwardTasks / s.heads, 1, instances);
   const int64_t tasks = chunks * s.heads;
   const int threads = useful_threads(tasks, num_threads);
-  std::vector<T> partials(static_cast<size_t>(chunks) * bias_numel);
+  std::unique_ptr<T[]> partials(new T[static_cast<size_t>(chunks - 1) * bias_numel]);
   ThreadScratch<T> scratch(threads, Local(s).backward_scratch());
   const auto backward_task = task_kernels<T, T>().backward;
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t task = 0; task < tasks; ++task) {
     const int64_t chunk = task / s.heads;
     const int64_t head = task % s.heads;
-    T* partial = partials.data() + chunk * bias_numel + head * s.tokens * s.tokens;
+    T* partial = (chunk == 0 ? grad_bias : partials.get() + (chunk - 1) * bias_numel) +
+                 head * s.tokens * s.tokens;
     T* room = scratch.for_this_thread();
-    for (int64_t instance = chunk * instances / chunks;
-         instance < (chunk + 1) * instances / chunks; ++instance) {
-      backward_task(grad_out, qkv, bias, mask, grad_qkv, partial, s, instance, head, room);
+    const int64_t first = chunk * instances / chunks;
+    for (int64_t instance = first; instance < (chunk + 1) * instances / chunks; ++instance) {
+      backward_task(grad_out, qkv, bias, mask, grad_qkv, partial, instance > first, s, instance,
+                    head, room);
     }
   }
-#pragma omp parallel for schedule(static) num_threads(threads)
-  for (int64_t e = 0; e < bias_numel; ++e) {
-    T sum = 0;
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) sum += partials[chunk * bias_numel + e];
-    grad_bias[e] = sum;
+  if (chunks > 1) {
+#pragma omp parallel for simd schedule(static) num_threads(threads)
+    for (int64_t e = 0; e < bias_numel; ++e) {
+      T sum = grad_bias[e];
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        sum += partials[(chunk - 1) * bias_numel + e];
+      }
+      grad_bias[e] = sum;
+    }
   }
 }
 
