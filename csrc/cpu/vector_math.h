@@ -12,13 +12,16 @@ namespace pyfundus::cpu {
 // baseline) and for the baseline, picked once at load time by an ifunc
 // resolver, so wheels still run on older CPUs. GCC inlines a helper into a
 // clone for another -march only when the helper is always_inline, hence
-// PYFUNDUS_INLINE on everything the cloned functions call.
+// PYFUNDUS_INLINE on everything the cloned functions call (and
+// PYFUNDUS_INLINE_LAMBDA on the lambdas they pass to such helpers).
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define PYFUNDUS_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define PYFUNDUS_INLINE inline __attribute__((always_inline))
+#define PYFUNDUS_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define PYFUNDUS_TARGET_CLONES
 #define PYFUNDUS_INLINE inline
+#define PYFUNDUS_INLINE_LAMBDA
 #endif
 
 // e^x for x <= 0, the only range softpool and softmax need (x is an element
