@@ -165,6 +165,8 @@ def test_every_cpu_variant_matches_reference(isa, monkeypatch):
         ((2, 12, 12, 32, 2, 6, 3), torch.float32, 2e-5),  # 36 tokens padded to 48: AVX-512's wide products
         ((2, 8, 8, 32, 2, 4, 2), torch.float32, 2e-5),  # 16 tokens, unpadded: bias, mask and max in the product
         ((1, 12, 12, 32, 2, 12, 0), torch.float32, 2e-5),  # FTHNet's last stage: 144 tokens, no mask
+        ((1, 8, 8, 48, 2, 4, 2), torch.float32, 2e-5),  # head_dim 24: transposed in part-filled register tiles
+        ((1, 8, 8, 48, 2, 4, 2), torch.float64, 1e-12),
         ((2, 8, 8, 16, 2, 4, 2), torch.float64, 1e-12),
         ((1, 12, 12, 16, 2, 6, 3), torch.float64, 1e-12),
     ]:

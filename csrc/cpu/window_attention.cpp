@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <omp.h>
@@ -275,14 +276,68 @@ PYFUNDUS_INLINE void for_each_token(const WindowAttentionShape& s, int64_t insta
   }
 }
 
+// Square tiles of lanes x lanes elements are transposed in registers: log2(lanes)
+// rounds, each pairing row i with row i + lanes/2 and interleaving their
+// halves, give the transpose (every round is a perfect shuffle of the index
+// bits). __builtin_shufflevector is in Clang and GCC 12+; without it the
+// transpose is element by element.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define PYFUNDUS_TILE_TRANSPOSE 1
+#endif
+#endif
+
+#ifdef PYFUNDUS_TILE_TRANSPOSE
+template <typename V, int64_t kLanes, size_t... I>
+PYFUNDUS_INLINE void interleave_halves(const V& a, const V& b, V& low, V& high,
+                                       std::index_sequence<I...>) {
+  low = __builtin_shufflevector(a, b, (I % 2 ? kLanes + I / 2 : I / 2)...);
+  constexpr int64_t kHalf = kLanes / 2;
+  high = __builtin_shufflevector(a, b, (I % 2 ? kLanes + kHalf + I / 2 : kHalf + I / 2)...);
+}
+
+template <typename V, int64_t kLanes>
+PYFUNDUS_INLINE void transpose_tile(V (&tile)[kLanes]) {
+  for (int64_t round = 1; round < kLanes; round *= 2) {
+    V next[kLanes];
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kLanes / 2; ++i) {
+      interleave_halves<V, kLanes>(tile[i], tile[i + kLanes / 2], next[2 * i], next[2 * i + 1],
+                                   std::make_index_sequence<kLanes>{});
+    }
+#pragma GCC unroll 16
+    for (int64_t i = 0; i < kLanes; ++i) tile[i] = next[i];
+  }
+}
+#endif
+
 // cols (hd x np) = the first n rows of rows (np x dp), transposed. The tasks
 // copy k (and v) from qkv row by row and transpose them here: storing them
 // transposed straight from qkv, one scattered store per element, took a tenth
 // of a forward task at FTHNet's last stage.
-template <typename T>
+template <typename Isa, typename T>
 PYFUNDUS_INLINE void transpose_rows(const T* rows, T* cols, const Local& l) {
+  int64_t t0 = 0;
+#ifdef PYFUNDUS_TILE_TRANSPOSE
+  using V = typename Simd<T, Isa::kBytes>::type;
+  constexpr int64_t kLanes = sizeof(V) / sizeof(T);  // divides dp, a multiple of kPad
+  for (; t0 + kLanes <= l.n; t0 += kLanes) {
+    for (int64_t d0 = 0; d0 < l.hd; d0 += kLanes) {
+      V tile[kLanes];
+#pragma GCC unroll 16
+      for (int64_t i = 0; i < kLanes; ++i) {
+        __builtin_memcpy(&tile[i], rows + (t0 + i) * l.dp + d0, sizeof(V));
+      }
+      transpose_tile<V, kLanes>(tile);
+      // Tile rows past hd hold the zero padding columns of rows: not stored.
+      for (int64_t j = 0; j < std::min(kLanes, l.hd - d0); ++j) {
+        __builtin_memcpy(cols + (d0 + j) * l.np + t0, &tile[j], sizeof(V));
+      }
+    }
+  }
+#endif
   for (int64_t d = 0; d < l.hd; ++d) {
-    for (int64_t t = 0; t < l.n; ++t) cols[d * l.np + t] = rows[t * l.dp + d];
+    for (int64_t t = t0; t < l.n; ++t) cols[d * l.np + t] = rows[t * l.dp + d];
   }
 }
 
@@ -321,7 +376,7 @@ PYFUNDUS_INLINE void forward_task(const S* qkv, const T* bias, const T* mask, S*
 #pragma omp simd
     for (int64_t d = 0; d < l.hd; ++d) v[t * l.dp + d] = widen(src[2 * c + d]);
   });
-  transpose_rows(k, kt, l);
+  transpose_rows<Isa>(k, kt, l);
   // kRows query rows at a time: their scores stay in L1 from the product
   // through the softmax to the product with v. Padding rows of q are 0, so
   // padding rows of p stay 0 and add nothing.
@@ -392,8 +447,8 @@ PYFUNDUS_INLINE void backward_task(const T* grad_out, const T* qkv, const T* bia
 #pragma omp simd
     for (int64_t d = 0; d < l.hd; ++d) dout[t * l.dp + d] = src_grad[d];
   });
-  transpose_rows(k, kt, l);
-  transpose_rows(v, vt, l);
+  transpose_rows<Isa>(k, kt, l);
+  transpose_rows<Isa>(v, vt, l);
   const T* bias_rows = bias + head * l.n * l.n;
   const T* mask_h = mask_rows(mask, s, instance);
   // Every block up to np, so padding rows of p are written too (0: those of q are).
