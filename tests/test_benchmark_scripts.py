@@ -47,3 +47,12 @@ def test_timing_method_prints_both_methods_for_both_ops():
         found = re.search(r"reference +(\S+) us, fused +(\S+) us, (\S+)x$", line)
         reference, fused, ratio = (float(v) for v in found.groups())
         assert abs(ratio - reference / fused) <= reference / fused * (0.05 / fused + 0.05 / reference) + 0.005, line
+
+
+def test_dispatch_prints_the_three_paths_it_checked():
+    lines = _run("dispatch.py").splitlines()
+    paths = ["through torch.ops.pyfundus.softpool2d", "eager inference path", "the kernel alone"]
+    assert len(lines) == len(paths)
+    for line, path in zip(lines, paths):
+        assert path in line
+        assert float(re.search(r"(\d+\.\d) us$", line).group(1)) > 0
