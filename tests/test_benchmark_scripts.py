@@ -56,3 +56,18 @@ def test_dispatch_prints_the_three_paths_it_checked():
     for line, path in zip(lines, paths):
         assert path in line
         assert float(re.search(r"(\d+\.\d) us$", line).group(1)) > 0
+
+
+def test_gpu_check_says_so_and_stops_without_a_gpu(tmp_path):
+    """benchmarks/gpu_check.sh runs on a GPU machine; elsewhere it must stop at once, building nothing."""
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: run the script itself (it builds and times for minutes)")
+    script = BENCHMARKS / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    done = subprocess.run(["bash", str(script), str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "no CUDA device" in done.stderr
+    assert not (tmp_path / "out" / "build.log").exists()
