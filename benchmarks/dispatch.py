@@ -14,20 +14,16 @@ inference_mode block:
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.utils.benchmark as benchmark
+from timing_args import timing_parser
 
 from pyfundus.ops import softpool2d
 from pyfundus.ops._ext import cpu_kernels, dtype_code
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per path")
-    args = parser.parse_args()
+    args = timing_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randn(1, 32, 12, 12, generator=torch.Generator().manual_seed(0))
     y = torch.empty(1, 32, 1, 1)

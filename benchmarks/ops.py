@@ -20,12 +20,12 @@ same thread count):
 
 from __future__ import annotations
 
-import argparse
 import platform
 
 import torch
 import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
+from timing_args import timing_parser
 
 from pyfundus.models import create_model
 from pyfundus.ops import softpool2d
@@ -154,10 +154,8 @@ def model_rows(device, threads, min_run_time):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = timing_parser(__doc__)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--min-run-time", type=float, default=1.0)
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":

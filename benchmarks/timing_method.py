@@ -10,10 +10,9 @@ itself takes a few microseconds. This prints both ways, side by side, in one run
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.utils.benchmark as benchmark
+from timing_args import timing_parser
 
 from pyfundus.ops import softpool2d
 from pyfundus.ops.window_attention import window_attention
@@ -35,10 +34,7 @@ def _median(fn, threads: int, min_run_time: float, block_per_call: bool) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per cell")
-    args = parser.parse_args()
+    args = timing_parser(__doc__).parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randn(1, 32, 12, 12, generator=torch.Generator().manual_seed(0))
     gen = torch.Generator().manual_seed(12)
