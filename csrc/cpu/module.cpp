@@ -136,4 +136,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("dtype"), py::arg("num_threads"), py::call_guard<py::gil_scoped_release>(),
         "Window attention backward: writes every element of grad_qkv (shape of qkv) and\n"
         "grad_bias (shape of bias), recomputing the probabilities from qkv.");
+  m.def(
+      "cpu_variants",
+      [] {
+        py::dict variants;
+        variants["window_attention"] = variant_name(window_attention_variant());
+        variants["softpool"] = variant_name(softpool_variant());
+        return variants;
+      },
+      "The instruction-set variant (avx512, avx2 or baseline) each op's kernels run on this\n"
+      "CPU: the widest it supports; window attention's is capped by $PYFUNDUS_CPU_ISA.");
 }

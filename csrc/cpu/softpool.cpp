@@ -197,6 +197,15 @@ void check_cpu_dtype(DType dtype) {
 
 }  // namespace
 
+// The same test as the loader's resolver for PYFUNDUS_TARGET_CLONES.
+CpuVariant softpool_variant() {
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+  if (__builtin_cpu_supports("x86-64-v4")) return CpuVariant::Avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
+#endif
+  return CpuVariant::Baseline;
+}
+
 void softpool2d_forward(const void* x, void* y, const SoftPoolShape& shape, DType dtype,
                         int num_threads) {
   check_cpu_dtype(dtype);

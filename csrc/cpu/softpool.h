@@ -4,8 +4,13 @@
 
 #include "common/dtype.h"
 #include "common/softpool_shape.h"
+#include "cpu/variant.h"
 
 namespace pyfundus::cpu {
+
+// The variant the SoftPool kernels run on this CPU: the widest it supports,
+// chosen by the loader (target_clones); $PYFUNDUS_CPU_ISA does not cap it.
+CpuVariant softpool_variant();
 
 // y[p, oy, ox] = sum(x * e^(x - m)) / sum(e^(x - m)) over the window, with m
 // the window maximum. x has shape.input_numel() elements, y output_numel().

@@ -15,6 +15,24 @@
 #include "cpu/vector_math.h"
 
 namespace pyfundus::cpu {
+
+// The widest variant the CPU runs, or a narrower one where $PYFUNDUS_CPU_ISA
+// asks for it ("avx2" or "baseline": for tests and comparisons; it never
+// raises the choice above what the CPU supports). Read on every call.
+CpuVariant window_attention_variant() {
+  const char* env = std::getenv("PYFUNDUS_CPU_ISA");
+  const std::string cap = env == nullptr ? "" : env;
+  PYFUNDUS_CHECK(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
+                 "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if ((cap.empty() || cap == "avx512") && __builtin_cpu_supports("x86-64-v4")) {
+    return CpuVariant::Avx512;
+  }
+  if (cap != "baseline" && __builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
+#endif
+  return CpuVariant::Baseline;
+}
+
 namespace {
 
 // ---- small dense products ----------------------------------------------------
@@ -531,25 +549,18 @@ PYFUNDUS_TASK_VARIANT(avx2, Avx2, __attribute__((target("arch=x86-64-v3"))))
 #endif
 #undef PYFUNDUS_TASK_VARIANT
 
-// The widest variant the CPU runs, or a narrower one where $PYFUNDUS_CPU_ISA
-// asks for it ("avx2" or "baseline": for tests and comparisons; it never
-// raises the choice above what the CPU supports). Read on every call.
 template <typename S, typename T>
 TaskKernels<S, T> task_kernels() {
-  const char* env = std::getenv("PYFUNDUS_CPU_ISA");
-  const std::string cap = env == nullptr ? "" : env;
-  PYFUNDUS_CHECK(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
-                 "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
+  switch (window_attention_variant()) {
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  const bool avx512 = cap.empty() || cap == "avx512";
-  if (avx512 && __builtin_cpu_supports("x86-64-v4")) {
-    return {forward_avx512<S, T>, backward_avx512<T>};
-  }
-  if (cap != "baseline" && __builtin_cpu_supports("x86-64-v3")) {
-    return {forward_avx2<S, T>, backward_avx2<T>};
-  }
+    case CpuVariant::Avx512:
+      return {forward_avx512<S, T>, backward_avx512<T>};
+    case CpuVariant::Avx2:
+      return {forward_avx2<S, T>, backward_avx2<T>};
 #endif
-  return {forward_baseline<S, T>, backward_baseline<T>};
+    default:
+      return {forward_baseline<S, T>, backward_baseline<T>};
+  }
 }
 
 // ---- drivers -----------------------------------------------------------------

@@ -6,8 +6,13 @@
 
 #include "common/dtype.h"
 #include "common/window_attention_shape.h"
+#include "cpu/variant.h"
 
 namespace pyfundus::cpu {
+
+// The variant the window-attention kernels run on this CPU: the widest it
+// supports, capped by $PYFUNDUS_CPU_ISA (avx512, avx2 or baseline) when set.
+CpuVariant window_attention_variant();
 
 // out = softmax(q k^T / sqrt(head_dim) + bias[head] + mask[window]) v per
 // window and head, in image layout. qkv: (B, H, W, 3C); bias: (heads, N, N);
