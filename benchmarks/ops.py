@@ -27,6 +27,7 @@ import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 from timing_args import timing_parser
 
+from pyfundus.bench import cpu_instructions
 from pyfundus.models import create_model
 from pyfundus.ops import softpool2d
 from pyfundus.ops.config import use_kernels
@@ -161,7 +162,8 @@ def main() -> None:
     if device.type == "cuda":
         where = torch.cuda.get_device_name(device)
     else:
-        where = platform.processor() or platform.machine()
+        isas = ", ".join(f"{side} {isa}" for side, isa in cpu_instructions().items())
+        where = f"{platform.processor() or platform.machine()} ({isas})"
     print(f"torch {torch.__version__}, {args.threads} thread(s), {where}, float32, median of repeated timings\n")
     print("| op | input | pass | reference (ms) | fused (ms) | SDPA (ms) | fused vs reference | fused vs SDPA |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .ops._ext import cpu_kernels
 
 ROW_KEYS = ("backend", "precision", "device", "batch", "mode", "p50_ms", "p95_ms", "p99_ms", "images_per_s")
 DEFAULT_BATCHES = (1, 8, 32)
@@ -128,6 +129,9 @@ def header(model: str | None, device: str, threads: int | None) -> dict[str, Any
         "torch_threads": threads or torch.get_num_threads(),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        # Which vector instructions each side's CPU kernels use: capped to AVX2, a 2-core AVX-512 Xeon
+        # ran FTHNet-S 1.3x slower (benchmarks/RESULTS.md), so a table must say.
+        "cpu_instructions": cpu_instructions(),
         "model": model or "fthnet_s",
         "device": device,
         "versions": versions,
@@ -261,6 +265,16 @@ def _peak_memory_mb(device: torch.device) -> float:
 
     scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20, 1)
+
+
+def cpu_instructions() -> dict[str, str]:
+    """torch's CPU capability and the variant of each pyfundus CPU kernel on this machine."""
+    found = {"torch": torch.backends.cpu.get_cpu_capability().lower()}
+    try:
+        found.update({f"pyfundus {op}": variant for op, variant in cpu_kernels().cpu_variants().items()})
+    except ImportError:
+        found["pyfundus"] = "not built"
+    return found
 
 
 def _cpu_name() -> str:

@@ -584,6 +584,7 @@ def _run_bench(args) -> int:
     print(f"# {info['cpu']}, {info['cores']} cores, {info['torch_threads']} torch threads, load average "
           f"{', '.join(f'{x:.2f}' for x in info['load_average'] or ())}; GPU: {info['gpu'] or 'none'}")  # fmt: skip
     print("# " + ", ".join(f"{name} {version}" for name, version in info["versions"].items()))
+    print("# CPU instructions: " + ", ".join(f"{side} {isa}" for side, isa in info["cpu_instructions"].items()))
     print(format_table(rows))
     for row in daemon_rows:
         print(json.dumps(row))

@@ -26,6 +26,9 @@ def test_bench_json_rows_are_complete_and_measured(onnx_cached, capsys):
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["header"]["versions"]["torch"] and report["header"]["cores"] >= 1
+    isas = report["header"]["cpu_instructions"]
+    assert set(isas) == {"torch", "pyfundus window_attention", "pyfundus softpool"}
+    assert isas["pyfundus window_attention"] in {"avx512", "avx2", "baseline"}
     rows = report["rows"]
     seen = {(r["backend"], r["batch"], r["mode"]) for r in rows}
     assert seen == {

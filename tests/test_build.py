@@ -22,3 +22,17 @@ def test_cuda_module_compiled_in_ci():
             pytest.fail(f"CI must compile the CUDA module, but it is missing: {exc}")
         pytest.skip(f"this build has no CUDA module (no nvcc at build time): {exc}")
     assert hasattr(module, "softpool2d_forward")
+
+
+def test_cpu_variants_name_what_runs_and_follow_the_cap(monkeypatch):
+    """cpu_variants() reports the kernels' instruction set; PYFUNDUS_CPU_ISA lowers window attention's only."""
+    module = importlib.import_module("pyfundus._C")
+    order = ["baseline", "avx2", "avx512"]
+    widest = module.cpu_variants()
+    assert set(widest) == {"window_attention", "softpool"}
+    assert widest["window_attention"] in order and widest["softpool"] in order
+    for cap in order:
+        monkeypatch.setenv("PYFUNDUS_CPU_ISA", cap)
+        capped = module.cpu_variants()
+        expected = order[min(order.index(cap), order.index(widest["window_attention"]))]
+        assert capped == {"window_attention": expected, "softpool": widest["softpool"]}
