@@ -35,7 +35,8 @@ inline SoftPoolShape make_softpool_shape(int64_t n, int64_t c, int64_t h, int64_
   };
   PYFUNDUS_CHECK(n >= 0 && c >= 0,
                  "softpool2d: batch and channel counts must be >= 0, got " + dims(n, c));
-  PYFUNDUS_CHECK(h >= 1 && w >= 1, "softpool2d: input height and width must be >= 1, got " + dims(h, w));
+  PYFUNDUS_CHECK(h >= 1 && w >= 1,
+                 "softpool2d: input height and width must be >= 1, got " + dims(h, w));
   PYFUNDUS_CHECK(kh >= 1 && kw >= 1, "softpool2d: kernel_size must be >= 1, got " + dims(kh, kw));
   PYFUNDUS_CHECK(sh >= 1 && sw >= 1, "softpool2d: stride must be >= 1, got " + dims(sh, sw));
   PYFUNDUS_CHECK(kh <= h && kw <= w, "softpool2d: kernel_size " + dims(kh, kw) +

@@ -197,13 +197,14 @@ void check_cpu_dtype(DType dtype) {
 
 }  // namespace
 
-// The same test as the loader's resolver for PYFUNDUS_TARGET_CLONES.
+// PYFUNDUS_TARGET_CLONES needs the loader's ifunc support, so Linux only; its
+// resolver then makes the same test as widest_supported_variant().
 CpuVariant softpool_variant() {
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-  if (__builtin_cpu_supports("x86-64-v4")) return CpuVariant::Avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
-#endif
+#if defined(__linux__)
+  return widest_supported_variant();
+#else
   return CpuVariant::Baseline;
+#endif
 }
 
 void softpool2d_forward(const void* x, void* y, const SoftPoolShape& shape, DType dtype,

@@ -15,7 +15,8 @@ namespace pyfundus::cpu {
 // PYFUNDUS_INLINE on everything the cloned functions call (and
 // PYFUNDUS_INLINE_LAMBDA on the lambdas they pass to such helpers).
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define PYFUNDUS_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define PYFUNDUS_TARGET_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #define PYFUNDUS_INLINE inline __attribute__((always_inline))
 #define PYFUNDUS_INLINE_LAMBDA __attribute__((always_inline))
 #else

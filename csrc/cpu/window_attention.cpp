@@ -24,13 +24,10 @@ CpuVariant window_attention_variant() {
   const std::string cap = env == nullptr ? "" : env;
   PYFUNDUS_CHECK(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
                  "PYFUNDUS_CPU_ISA must be avx512, avx2 or baseline, got '" + cap + "'");
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if ((cap.empty() || cap == "avx512") && __builtin_cpu_supports("x86-64-v4")) {
-    return CpuVariant::Avx512;
-  }
-  if (cap != "baseline" && __builtin_cpu_supports("x86-64-v3")) return CpuVariant::Avx2;
-#endif
-  return CpuVariant::Baseline;
+  const CpuVariant widest = widest_supported_variant();
+  if (cap == "baseline") return CpuVariant::Baseline;
+  if (cap == "avx2" && widest == CpuVariant::Avx512) return CpuVariant::Avx2;
+  return widest;
 }
 
 namespace {
@@ -309,8 +306,8 @@ PYFUNDUS_INLINE void for_each_token(const WindowAttentionShape& s, int64_t insta
 template <typename V, int64_t kLanes, size_t... I>
 PYFUNDUS_INLINE void interleave_halves(const V& a, const V& b, V& low, V& high,
                                        std::index_sequence<I...>) {
-  low = __builtin_shufflevector(a, b, (I % 2 ? kLanes + I / 2 : I / 2)...);
   constexpr int64_t kHalf = kLanes / 2;
+  low = __builtin_shufflevector(a, b, (I % 2 ? kLanes + I / 2 : I / 2)...);
   high = __builtin_shufflevector(a, b, (I % 2 ? kLanes + kHalf + I / 2 : kHalf + I / 2)...);
 }
 

@@ -100,8 +100,9 @@ def eager_inference(*tensors: torch.Tensor | None) -> bool:
 
     True for plain tensors (and parameters) outside any compiler, tracer or dispatch
     mode, with no gradient wanted. The torch.library dispatch costs about 6 us per call, three
-    times the SoftPool kernel at FTHNet's last stage (1.9 us; benchmarks/dispatch.py). Autograd, torch.compile,
-    torch.export and fake tensors still go through the registered custom op.
+    times the SoftPool kernel at FTHNet's last stage (1.9 us; benchmarks/dispatch.py).
+    Autograd, torch.compile, torch.export and fake tensors still go through the registered
+    custom op.
     Plain loops rather than all()/any() over generators: this runs before every
     fused call, and a generator costs more than the checks themselves.
     """
