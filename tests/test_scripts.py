@@ -43,3 +43,64 @@ def test_release_weights_writes_a_loadable_fp16_file_and_checks_the_scores(tmp_p
     state, config = load_weights(dest)
     assert config.trained and "MODEL_CARD.md" in config.description
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
+
+
+def _load_script(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_camera_probe_changes_only_what_each_column_names():
+    import numpy as np
+
+    from pyfundus.data.synth import generate_fundus
+
+    probe = _load_script("camera_probe")
+    square, _ = generate_fundus(3, size=256)
+    reference, _ = generate_fundus(4, size=256)
+    images = probe.probes(square, probe.channel_means(reference))
+    assert list(images) == ["as captured", "reference colour", "sharpened", "border removed", "contrast x1.3"]
+
+    def ratios(img):
+        means = probe.channel_means(img)
+        return means[1:] / means[0]
+
+    # The recoloured photo takes the reference's G/R and B/R (to rounding and clipping); red is untouched.
+    assert np.allclose(ratios(images["reference colour"]), ratios(reference), rtol=0.03)
+    assert not np.allclose(ratios(square), ratios(reference), rtol=0.03)
+    assert np.array_equal(images["reference colour"][..., 0], square[..., 0])
+    # The border is black beyond 78% of the radius and untouched inside it.
+    side = square.shape[0]
+    yy, xx = np.mgrid[:side, :side]
+    radius = np.hypot(yy - (side - 1) / 2, xx - (side - 1) / 2) / (side / 2)
+    assert not images["border removed"][radius > 0.78].any()
+    assert np.array_equal(images["border removed"][radius < 0.7], square[radius < 0.7])
+    # Contrast: the green channel's in-field spread grows by 1.3 (none of it clips), the surround stays black.
+    field = probe.in_field(square)
+    spread = images["contrast x1.3"][field][:, 1].astype(float).std() / square[field][:, 1].astype(float).std()
+    assert 1.28 < spread < 1.32
+    assert not images["contrast x1.3"][~field].any()
+
+
+def test_camera_probe_prints_one_score_per_probe(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from pyfundus.data.synth import generate_fundus
+
+    paths = []
+    for seed in (5, 6):
+        path = tmp_path / f"synth{seed}.png"
+        Image.fromarray(generate_fundus(seed, size=400)[0]).save(path)
+        paths.append(str(path))
+    done = subprocess.run([sys.executable, str(SCRIPTS / "camera_probe.py"), "--json", "--reference", paths[0], *paths],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    table = json.loads(done.stdout)
+    assert list(table) == ["synth5.png", "synth6.png"]
+    for scores in table.values():
+        assert len(scores) == 5 and all(0.0 <= s <= 100.0 for s in scores.values())
