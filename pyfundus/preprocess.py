@@ -29,6 +29,7 @@ __all__ = [
     "FieldOfView",
     "NoFundusError",
     "crop_to_field_of_view",
+    "field_of_view_square",
     "find_field_of_view",
     "preprocess",
     "to_model_input",
@@ -139,15 +140,22 @@ def crop_to_field_of_view(
     return out
 
 
+def field_of_view_square(
+    rgb: np.ndarray, size: int = 384, *, fov: FieldOfView | None = None
+) -> tuple[np.ndarray, FieldOfView]:
+    """FOV crop resized to size x size: the uint8 RGB picture the model sees, and the FOV."""
+    if fov is None:
+        fov = find_field_of_view(rgb)
+    square = crop_to_field_of_view(rgb, fov)
+    return cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA), fov
+
+
 def preprocess(
     rgb: np.ndarray, size: int = 384, *, fov: FieldOfView | None = None
 ) -> tuple[np.ndarray, FieldOfView]:
     """FOV crop, resize to size x size, normalise: float32 CHW model input and the FOV."""
-    if fov is None:
-        fov = find_field_of_view(rgb)
-    square = crop_to_field_of_view(rgb, fov)
-    resized = cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA)
-    return to_model_input(resized), fov
+    square, fov = field_of_view_square(rgb, size, fov=fov)
+    return to_model_input(square), fov
 
 
 def to_model_input(rgb_square_uint8: np.ndarray) -> np.ndarray:

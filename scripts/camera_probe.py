@@ -26,16 +26,15 @@ import numpy as np
 
 from pyfundus import load_model
 from pyfundus.io import read_image
-from pyfundus.preprocess import crop_to_field_of_view, find_field_of_view
+from pyfundus.preprocess import field_of_view_square
 
 BORDER_KEPT = 0.78
 CONTRAST = 1.3
 
 
 def field_square(path: str, side: int) -> np.ndarray:
-    rgb = read_image(path, min_side=side).pixels
-    square = crop_to_field_of_view(rgb, find_field_of_view(rgb))
-    return cv2.resize(square, (side, side), interpolation=cv2.INTER_AREA)
+    """The photo as the model sees it, before normalisation."""
+    return field_of_view_square(read_image(path, min_side=side).pixels, side)[0]
 
 
 def in_field(square: np.ndarray) -> np.ndarray:

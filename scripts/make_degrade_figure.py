@@ -20,7 +20,7 @@ import skimage.data
 from PIL import Image
 
 from pyfundus.data.degrade import TYPES, DegradationRecord, cofe_degrade, degrade, fov_mask, op1, op2
-from pyfundus.preprocess import crop_to_field_of_view, find_field_of_view
+from pyfundus.preprocess import field_of_view_square, find_field_of_view
 
 WORK = 512  # degradation resolution
 TILE = 256
@@ -32,9 +32,7 @@ MAX_BYTES = 1_500_000
 
 def clean_photo() -> np.ndarray:
     """The scikit-image retina, cropped to its FOV and resized to WORK px."""
-    rgb = skimage.data.retina()
-    square = crop_to_field_of_view(rgb, find_field_of_view(rgb))
-    return cv2.resize(square, (WORK, WORK), interpolation=cv2.INTER_AREA)
+    return field_of_view_square(skimage.data.retina(), WORK)[0]
 
 
 def tile(img: np.ndarray, title: str, subtitle: str) -> np.ndarray:
