@@ -42,14 +42,10 @@ def test_exp_nonpositive_error_over_every_float(tmp_path, march):
 
 def test_coefficients_are_those_the_fitting_script_gives():
     """The polynomial in vector_math.h is reproducible: scripts/fit_exp_polynomial.py prints it."""
-    import importlib.util
-
     import numpy as np
+    from script_helpers import load_script
 
-    spec = importlib.util.spec_from_file_location("fit_exp_polynomial", ROOT / "scripts/fit_exp_polynomial.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    coeffs, worst = module.fit(5)
+    coeffs, worst = load_script("fit_exp_polynomial").fit(5)
     header = (ROOT / "csrc/cpu/vector_math.h").read_text()
     body = header[header.index("PYFUNDUS_INLINE float exp_nonpositive") :]
     body = body[: body.index("return")]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
-
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+from script_helpers import SCRIPTS, load_script
 
 
 def test_site_calibration_check_fits_on_even_rows_and_grades_odd_ones(tmp_path):
@@ -45,21 +43,12 @@ def test_release_weights_writes_a_loadable_fp16_file_and_checks_the_scores(tmp_p
     assert {t.dtype for t in state.values() if t.is_floating_point()} == {torch.float16}
 
 
-def _load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_camera_probe_changes_only_what_each_column_names():
     import numpy as np
 
     from pyfundus.data.synth import generate_fundus
 
-    probe = _load_script("camera_probe")
+    probe = load_script("camera_probe")
     square, _ = generate_fundus(3, size=256)
     reference, _ = generate_fundus(4, size=256)
     images = probe.probes(square, probe.channel_means(reference))
