@@ -27,11 +27,11 @@ import torch.nn.functional as F
 import torch.utils.benchmark as benchmark
 from timing_args import timing_parser
 
-from pyfundus.bench import cpu_instructions
 from pyfundus.models import create_model
 from pyfundus.ops import softpool2d
 from pyfundus.ops.config import use_kernels
 from pyfundus.ops.window_attention import shifted_window_mask, window_attention
+from pyfundus.runtime_bench import cpu_instructions
 
 # (grid, channels, heads) of FTHNet-S's stages; window 12, shift 6 where the grid has more than one window.
 STAGES = [(96, 32, 2), (48, 64, 4), (24, 128, 8), (12, 256, 16)]

@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
-from pyfundus import __version__
+from pyfundus.version import __version__
 
 from .config import WatchConfig
 from .logs import Redactor
@@ -39,11 +39,6 @@ log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 100  # alerts waiting per channel; a backlog this long means the channel is down
 FIRST_BACKOFF = 1.0  # seconds before the webhook's second try; doubled after each failure
-
-
-def verdict_class(verdict: Verdict) -> str:
-    """Good, Usable, Reject, or Failed for a capture that could not be scored."""
-    return "Failed" if verdict.state == "failed" else verdict.quality_class or verdict.state
 
 
 class AlertChannel:
@@ -190,7 +185,7 @@ class DesktopAlert:
     def __call__(self, verdict: Verdict) -> None:
         if self.program is None:
             return
-        grade = verdict_class(verdict)
+        grade = verdict.outcome
         title = "RETAKE: " if grade == "Reject" else ""
         title += f"pyfundus {grade}" + (f" {verdict.score:.0f}" if verdict.score is not None else "")
         detail = verdict.error or verdict.reason or ""
@@ -230,7 +225,7 @@ class Alerts:
         return bool(self.channels)
 
     def __call__(self, verdict: Verdict) -> None:
-        if verdict.duplicate_of is not None or verdict_class(verdict) not in self.classes:
+        if verdict.duplicate_of is not None or verdict.outcome not in self.classes:
             return  # a second name for an image already alerted on says nothing new
         payload = {"event": "pyfundus.alert", **self.payload_names.record(verdict)}
         for channel, wants_payload in self.channels:

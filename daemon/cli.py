@@ -8,23 +8,19 @@ prints in the daemon); everything else goes to the log.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
 import sys
 import threading
-import time
 from functools import partial
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from pyfundus.errors import EXIT_USAGE, UsageError
 
 from .config import CONFIG_KEYS, OPTIONS, port_number, positive_count, positive_seconds, score_value, split_command
-from .logs import Redactor
-from .records import Verdict
 
 log = logging.getLogger(__name__)
-
-EXIT_USAGE = 2
 
 _FLAG_TYPES = {
     "path": Path, "seconds": positive_seconds, "count": positive_count, "port": port_number, "score": score_value,
@@ -42,7 +38,7 @@ def add_commands(subparsers: Any) -> None:
 
 def main(argv: list[str] | None = None, *, scorer: Any = None) -> int:
     """``pyfundusd``. ``scorer``: a model-like object used instead of loading one (tests, embedding)."""
-    from pyfundus import __version__
+    from pyfundus.version import __version__
 
     parser = argparse.ArgumentParser(prog="pyfundusd", description="The pyfundus hot-folder quality gate.")
     parser.add_argument("--version", action="version", version=f"pyfundusd {__version__}")
@@ -60,8 +56,6 @@ def main(argv: list[str] | None = None, *, scorer: Any = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     args.scorer = scorer
-    from pyfundus.cli import UsageError
-
     try:
         return args.run(args)
     except UsageError as exc:
@@ -100,13 +94,11 @@ def _add_watch(subparsers: Any) -> None:
 
 
 def _run_watch(args: argparse.Namespace) -> int:
-    from pyfundus.cli import UsageError
-
     from .config import load_config
     from .errors import StartupError
     from .logs import daemon_logging
     from .service import Daemon
-    from .sinks import SidecarWriter
+    from .sinks import SidecarWriter, VerdictPrinter
     from .statedir import prepare_state_dir
 
     try:
@@ -151,35 +143,6 @@ def _serve(daemon: Any) -> int:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     return 0
-
-
-class VerdictPrinter:
-    """The operator's stdout: ``time  file  score  class  eye  reason``, or one JSON object per line.
-
-    Files are named as in the log: relative paths, or with ``--redact-identifiers`` the log's pseudonyms
-    (and JSON lines without paths, patient IDs or DICOM UIDs).
-    """
-
-    def __init__(self, stream: TextIO, *, names: Redactor, json_lines: bool) -> None:
-        self.stream = stream
-        self.names = names
-        self.json_lines = json_lines
-
-    def __call__(self, verdict: Verdict) -> None:
-        self.stream.write(self.format(verdict) + "\n")
-        self.stream.flush()  # a pipe would otherwise hold lines back while the patient waits
-
-    def format(self, verdict: Verdict) -> str:
-        if self.json_lines:
-            return json.dumps(self.names.record(verdict))
-        name = self.names.label(verdict.path)
-        score = f"{verdict.score:5.1f}" if verdict.score is not None else "    -"
-        grade = verdict.quality_class or verdict.state.upper()
-        note = verdict.error or verdict.reason or "-"
-        note = self.names.scrub(note.removeprefix(f"{verdict.path}: "))  # reader errors start with the path
-        if verdict.duplicate_of:
-            note += f" (same image as {self.names.label(verdict.duplicate_of)})"
-        return f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {score}  {grade:<7}  {verdict.eye or '-'}  {note}"
 
 
 # ---- demo -----------------------------------------------------------------------
@@ -236,10 +199,8 @@ def _help(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from pyfundus.cli import UsageError
-
     from .errors import LedgerError
-    from .export import export
+    from .results import export
     from .statedir import default_state_dir
 
     state_dir = args.state_dir or default_state_dir()

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pyfundus.verdicts import OUTCOMES
+
 from .errors import ConfigError
 from .statedir import default_state_dir
 
@@ -34,9 +36,6 @@ class Option:
     def flags(self) -> tuple[str, ...]:
         return ("--" + self.name.replace("_", "-"),) + ((self.alias,) if self.alias else ())
 
-
-# The outcomes a verdict can have: the three grades, or Failed when the capture could not be scored.
-VERDICT_CLASSES = ("Good", "Usable", "Reject", "Failed")
 
 OPTIONS: tuple[Option, ...] = (
     Option("state_dir", "path", "ledger, lock and log folder "
@@ -84,7 +83,7 @@ OPTIONS: tuple[Option, ...] = (
            alias="--port"),
     # Alerts and reject actions (alerts.py, rejects.py): all off until configured.
     Option("alert_on", "classes", "which verdicts trigger the alerts; repeatable (default: Reject and Failed)", "CLASS",
-           VERDICT_CLASSES),
+           OUTCOMES),
     Option("alert_command", "command", "run COMMAND for each alert with the verdict as JSON on its stdin; no shell "
            "(in the config file: a list of arguments)", "COMMAND"),
     Option("alert_webhook", "text", "POST each alert as JSON to this http(s) URL, from a background queue", "URL"),

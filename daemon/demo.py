@@ -14,7 +14,6 @@ verdicts print live; the operator page is served when the daemon has one.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
@@ -30,13 +29,13 @@ from typing import Any, Callable, Iterator, TextIO
 
 import numpy as np
 
-from .alerts import verdict_class
+from pyfundus.io import encode_jpeg
+
 from .config import WatchConfig
 from .records import Verdict
 
 log = logging.getLogger(__name__)
 
-FRAME = (2304, 1728)  # width, height of the camera's image
 SAMPLES = Path("~/.cache/pyfundus/samples").expanduser()
 SETTLE_TIMEOUT = 60.0  # seconds to wait for the last verdicts after the camera stops
 UNTRAINED_BANNER = (
@@ -51,20 +50,6 @@ class Capture:
     data: bytes
     what: str  # what the camera photographed, for the demo's narration
     chunked: bool  # streamed in slow chunks under its final name, else written elsewhere and renamed
-
-
-def frame_jpeg(rgb: np.ndarray, quality: int = 92) -> bytes:
-    """The photo centred on the camera's black 2304x1728 frame, as a JPEG."""
-    from PIL import Image
-
-    image = Image.fromarray(rgb)
-    scale = min(FRAME[0] / image.width, FRAME[1] / image.height)
-    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
-    canvas = Image.new("RGB", FRAME)
-    canvas.paste(image, ((FRAME[0] - image.width) // 2, (FRAME[1] - image.height) // 2))
-    buffer = io.BytesIO()
-    canvas.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 def _synthetic(seed: int, defects: list[str] | None = None, strength: float = 0.8) -> np.ndarray:
@@ -125,7 +110,7 @@ def captures() -> Iterator[Capture]:
         nonlocal number
         number += 1
         is_dicom = isinstance(image, bytes)
-        data = image if is_dicom else frame_jpeg(image)
+        data = image if is_dicom else encode_jpeg(image)
         return Capture(f"IMG_{number:04d}.{'dcm' if is_dicom else 'jpg'}", data, what, chunked=number % 2 == 0)
 
     for what, make in BASE_SEQUENCE:
@@ -194,9 +179,9 @@ def run_demo(
     endless with ``duration``); ``duration``: stop the camera after this many
     seconds; ``scorer``: a model-like object instead of the default model.
     """
-    from .cli import VerdictPrinter
     from .logs import daemon_logging
     from .service import Daemon
+    from .sinks import VerdictPrinter
 
     if count is None and duration is None:
         count = len(BASE_SEQUENCE)
@@ -244,7 +229,7 @@ def _play_camera(folder: Path, written: list[str], out: TextIO, *, count: int | 
 
 def _summary(out: TextIO, written: list[str], tally: _Tally, missing: set[str]) -> None:
     verdicts = list(tally.verdicts.values())
-    classes = Counter(verdict_class(verdict) for verdict in verdicts)
+    classes = Counter(verdict.outcome for verdict in verdicts)
     grades = ", ".join(f"{grade} {classes[grade]}" for grade in ("Good", "Usable", "Reject", "Failed"))
     print(f"\ndemo summary: {len(written)} capture(s) written, {len(verdicts)} verdict(s): {grades}", file=out)
     latencies = [v.timing_ms["latency"] for v in verdicts if "latency" in v.timing_ms]

@@ -29,11 +29,13 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+from pyfundus.paths import sha256_file
+
 from .errors import LedgerError
 from .filters import PathFilter
 from .ledger import DUPLICATE, NEW, Ledger
 from .logs import Redactor
-from .probe import Probe, probe, sha256_file
+from .probe import Probe, probe
 from .records import FileStat, Hint, WorkItem
 from .sinks import SinkHub
 

@@ -1,7 +1,7 @@
 """The ledger: one SQLite row per capture, keyed by content hash, plus every path it was seen at.
 
 Why SQLite in WAL mode: a crash or SIGKILL never loses a committed row,
-readers (``pyfundus results export``, the future operator page) never block
+readers (``pyfundus results export``, the operator page) never block
 the daemon, and transactions stay short. ``synchronous=NORMAL`` can lose the
 last commits on power loss only, which the pending-row protocol tolerates.
 

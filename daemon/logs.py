@@ -58,6 +58,7 @@ class Redactor:
         record = verdict.to_dict()
         if self.enabled:
             record.update({key: record[key] and self.label(record[key]) for key in FILE_FIELDS})
+            record["other_paths"] = [self.label(path) for path in record["other_paths"] or []]
             record.update(dict.fromkeys(PATIENT_FIELDS))
             record["error"] = record["error"] and self.scrub(record["error"])
             record["warnings"] = [self.scrub(warning) for warning in record["warnings"]]

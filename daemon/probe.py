@@ -1,4 +1,4 @@
-"""Cheap looks at a file before it is queued: is it an image, does it look complete, its content hash.
+"""Cheap looks at a file before it is queued: is it an image, and does it look complete?
 
 The full decode happens once, in the scorer; here we only read the first and
 last bytes. JPEG, PNG and BMP say where they end, so a file still being
@@ -9,12 +9,10 @@ no cheap end marker: for them the stability check alone decides.
 from __future__ import annotations
 
 import enum
-import hashlib
 import os
 
 from pyfundus.io import SUPPORTED_EXTENSIONS, is_probably_image
 
-_CHUNK = 1 << 20
 _PNG_END = b"IEND\xaeB`\x82"
 
 
@@ -49,11 +47,3 @@ def _looks_complete(path: str, size: int) -> bool:
     if head.startswith(b"BM"):
         return size >= int.from_bytes(head[2:6], "little")  # bfSize: the file size the header declares
     return True
-
-
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()

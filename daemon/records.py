@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import os
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, field
 from typing import Any
+
+from pyfundus.verdicts import FAILED_STATE, PENDING, SCORED, ScoreResult, iso_time
 
 
 class Hint(enum.Enum):
@@ -43,30 +44,18 @@ class WorkItem:
 
 
 @dataclass
-class Verdict:
-    """A capture's verdict as the ledger stores it, seen under one of its paths."""
+class Verdict(ScoreResult):
+    """A capture's verdict as the ledger stores it, seen under one of its paths.
 
-    path: str
-    sha256: str
-    state: str  # pending, scored or failed
-    score: float | None = None
-    quality_class: str | None = None
-    probabilities: dict[str, float] | None = None
-    reason: str | None = None
-    causes: dict[str, float] | None = None
-    eye: str | None = None
-    patient_id: str | None = None
-    study_uid: str | None = None
-    sop_instance_uid: str | None = None
-    model: str | None = None
-    trained: bool | None = None
-    backend: str | None = None
-    timing_ms: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
+    The fields of :class:`pyfundus.verdicts.ScoreResult` plus the ledger's: the state (a pending
+    row has no score yet), when the capture was first seen and scored, and its other names.
+    """
+
+    state: str = PENDING  # pending, scored or failed
     first_seen: float | None = None  # unix time
     scored_at: float | None = None  # unix time
     duplicate_of: str | None = None  # set on a second name: the path this content was first seen at
+    other_paths: list[str] = field(default_factory=list)  # every other name of this content (results export)
     same_instance_as: str | None = None  # sha256 of an earlier capture with the same DICOM SOPInstanceUID
     reject_copy: str | None = None  # where --reject-action copied or moved the capture
 
@@ -82,13 +71,13 @@ class Verdict:
         return cls(
             path=item.path,
             sha256=item.sha256,
-            state="failed" if error else "scored",
+            state=FAILED_STATE if error else SCORED,
             score=None if error else score,
             quality_class=None if error else getattr(result, "quality_class", None),
             probabilities=getattr(result, "probabilities", None),
             reason=getattr(result, "reason", None),
             causes=getattr(result, "causes", None),
-            eye=getattr(result, "laterality", None),
+            eye=getattr(result, "eye", None),
             patient_id=getattr(result, "patient_id", None),
             study_uid=getattr(result, "study_uid", None),
             sop_instance_uid=getattr(result, "sop_instance_uid", None),
@@ -102,17 +91,14 @@ class Verdict:
             scored_at=now,
         )
 
+    @property
+    def outcome(self) -> str | None:
+        return None if self.state == PENDING else super().outcome
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record: the class under ``class`` (as in ScoreResult.to_dict), times in ISO 8601."""
-        record = asdict(self)
-        record["class"] = record.pop("quality_class")
+        """The record of :data:`pyfundus.verdicts.RECORD_FIELDS`, times in ISO 8601."""
+        record = super().to_dict()
+        record["state"] = self.state
         record["first_seen"] = iso_time(self.first_seen)
         record["scored_at"] = iso_time(self.scored_at)
         return record
-
-
-def iso_time(timestamp: float | None) -> str | None:
-    """Local time with its UTC offset, so a record read elsewhere is still unambiguous."""
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp).astimezone().isoformat(timespec="milliseconds")

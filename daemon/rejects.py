@@ -23,10 +23,11 @@ import os
 import shutil
 from pathlib import Path
 
+from pyfundus.paths import sha256_file
+
 from .errors import LedgerError
 from .ledger import Ledger
 from .logs import Redactor
-from .probe import sha256_file
 from .records import Verdict
 
 log = logging.getLogger(__name__)

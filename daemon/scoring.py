@@ -22,7 +22,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Protocol, Sequence
 
-from pyfundus import __version__
+from pyfundus.version import __version__
 
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
@@ -54,13 +54,12 @@ def load_scorer(
 
     ``reject_below``/``good_from`` replace the thresholds stored with the model (a site's own calibration).
     """
-    import warnings
-
-    from pyfundus.api import UntrainedModelWarning, load_model
+    from pyfundus.api import load_model
 
     try:
-        scorer = load_model(model, device=device, backend=backend, precision=precision, compile=compile)
-        scorer.config.thresholds = scorer.thresholds.moved(reject_below, good_from)
+        thresholds = {"reject_below": reject_below, "good_from": good_from}
+        scorer = load_model(model, device=device, backend=backend, precision=precision, compile=compile,
+                            thresholds=thresholds)  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from exc
     log.info("scoring with %s", scorer.backend_description)
@@ -70,8 +69,8 @@ def load_scorer(
     )  # fmt: skip
     if not scorer.trained:
         log.warning("model %s has NO trained weights: every score is meaningless (plumbing only)", scorer.name)
-        # Said once here; each verdict also records trained=false. Otherwise every batch warns.
-        warnings.filterwarnings("ignore", category=UntrainedModelWarning)
+        # Said once here, for this model only; each verdict also records trained=false.
+        scorer.warn_untrained = False
     if compile:
         log.info("compiling the model for one image and for batches (about a minute)")
     warm_up(scorer, batches=compile)

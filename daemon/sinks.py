@@ -1,4 +1,5 @@
-"""Where verdicts go besides the ledger: the CLI's lines, JSON sidecars, later the operator page and alerts.
+"""Where verdicts go besides the ledger: the operator's stdout lines and JSON sidecars (the operator page,
+alerts and reject actions are sinks too, in web.py, alerts.py and rejects.py).
 
 A sink is any callable taking a Verdict. Sinks run one at a time (under a
 lock), in the order they were added, and a failing sink is logged and
@@ -16,8 +17,9 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TextIO
 
+from .logs import Redactor
 from .records import Verdict
 
 log = logging.getLogger(__name__)
@@ -79,3 +81,32 @@ class SidecarWriter:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+class VerdictPrinter:
+    """The operator's stdout: ``time  file  score  class  eye  reason``, or one JSON object per line.
+
+    Files are named as in the log: relative paths, or with ``--redact-identifiers`` the log's pseudonyms
+    (and JSON lines without paths, patient IDs or DICOM UIDs).
+    """
+
+    def __init__(self, stream: TextIO, *, names: Redactor, json_lines: bool) -> None:
+        self.stream = stream
+        self.names = names
+        self.json_lines = json_lines
+
+    def __call__(self, verdict: Verdict) -> None:
+        self.stream.write(self.format(verdict) + "\n")
+        self.stream.flush()  # a pipe would otherwise hold lines back while the patient waits
+
+    def format(self, verdict: Verdict) -> str:
+        if self.json_lines:
+            return json.dumps(self.names.record(verdict))
+        name = self.names.label(verdict.path)
+        score = f"{verdict.score:5.1f}" if verdict.score is not None else "    -"
+        grade = verdict.quality_class or verdict.state.upper()
+        note = verdict.error or verdict.reason or "-"
+        note = self.names.scrub(note.removeprefix(f"{verdict.path}: "))  # reader errors start with the path
+        if verdict.duplicate_of:
+            note += f" (same image as {self.names.label(verdict.duplicate_of)})"
+        return f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {score}  {grade:<7}  {verdict.eye or '-'}  {note}"

@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
+from pyfundus.verdicts import CLASSES, FAILED, iso_time
+
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
-from .records import Verdict, iso_time
+from .records import Verdict
 from .statedir import MIN_FREE_BYTES
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,6 @@ KEEPALIVE_SECONDS = 15.0  # under the idle timeouts of proxies and of the browse
 EVENTS_KEPT = 256  # a reconnect further behind than this reloads the page's state instead
 HISTORY_LIMIT = 5000  # captures held per day: far above a clinic day
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
-CLASSES = ("Good", "Usable", "Reject")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 
@@ -124,7 +125,7 @@ class Board:
         return record
 
     def _record(self, verdict: Verdict, when: float) -> dict[str, Any]:
-        failed = verdict.state == "failed"
+        failed = verdict.outcome == FAILED
         reason = verdict.error if failed else verdict.reason
         if reason:
             reason = reason.removeprefix(f"{verdict.path}: ")  # reader errors start with the path
@@ -133,7 +134,7 @@ class Board:
             "id": verdict.sha256,
             "file": self.name(verdict.path),
             "time": iso_time(when),
-            "class": "Failed" if failed else verdict.quality_class,
+            "class": verdict.outcome,
             "score": None if verdict.score is None else round(verdict.score, 1),
             "eye": verdict.eye,
             "patient_id": verdict.patient_id,
@@ -215,7 +216,7 @@ class Metrics:
             if verdict.duplicate_of:
                 self.duplicates += 1
                 return
-            if verdict.state == "failed":
+            if verdict.outcome == FAILED:
                 self.failures += 1
             elif verdict.quality_class in self.verdicts:
                 self.verdicts[verdict.quality_class] += 1
@@ -336,7 +337,7 @@ class OperatorWeb:
     # ---- what the endpoints return ---------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        from pyfundus import __version__
+        from pyfundus.version import __version__
 
         status = self.status()
         problems = []

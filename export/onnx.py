@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
 from ..ops.config import use_kernels
-from ..preprocess import MEAN, STD
-from ..weights import ModelConfig
+from ..version import __version__
+from ..weights import InputSpec, ModelConfig
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -130,7 +129,8 @@ def _trace(network: torch.nn.Module, config: ModelConfig, name: str, opset: int,
     if opset < DEFAULT_OPSET:
         raise ValueError(f"opset {opset} is too old: FTHNet needs opset >= {DEFAULT_OPSET} (LayerNormalization)")
     network = network.eval().to("cpu")
-    size = int(getattr(network, "img_size", 384))
+    spec = config.input or network.input_spec
+    size = spec.size
     # Batch 2, not 1: the exporter must not specialise the batch dimension to a constant 1.
     example = torch.randn(2, 3, size, size)
     with torch.no_grad(), use_kernels("reference"):
@@ -168,8 +168,9 @@ def _trace(network: torch.nn.Module, config: ModelConfig, name: str, opset: int,
                     "layout": "NCHW RGB",
                     "size": size,
                     "scale": 1 / 255,  # then (x - mean) / std per channel
-                    "mean": list(MEAN),
-                    "std": list(STD),
+                    "mean": list(spec.mean),
+                    "std": list(spec.std),
+                    "crop": spec.crop,
                 }
             ),
             "outputs": json.dumps(list(names)),
@@ -221,7 +222,11 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 def config_from_metadata(metadata: dict[str, str]) -> ModelConfig:
-    return ModelConfig.from_json(metadata["config"])
+    """The model's config from an export's metadata, with its input contract (size, mean/std, crop)."""
+    config = ModelConfig.from_json(metadata["config"])
+    if config.input is None:  # exported before the config carried it: the "input" entry has it
+        config.input = InputSpec.from_dict(json.loads(metadata["input"]))
+    return config
 
 
 def _metadata(model) -> dict[str, str]:

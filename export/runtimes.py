@@ -33,9 +33,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..paths import cache_dir
+from ..paths import cache_dir, safe_file_stem
 from ..weights import ModelConfig
 from .onnx import DEFAULT_OPSET, INPUT_NAME, convert_to_fp16, export_onnx, fingerprint, read_metadata
+from .tensorrt import (
+    EngineInfo,
+    EngineMismatch,
+    Target,
+    TensorRTUnavailable,
+    build_engine,
+    build_plan,
+    check_engine,
+    import_tensorrt,
+    sidecar_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +56,15 @@ __all__ = [
     "PRECISIONS",
     "OrtRuntime",
     "Runtime",
+    "TensorRTRuntime",
     "TorchRuntime",
+    "cached_engine",
     "cached_onnx_path",
     "create_runtime",
+    "engine_for",
     "onnx_for",
     "parity",
+    "resolve_device",
 ]
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
@@ -57,6 +72,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 # Largest |score difference| to torch eager fp32 (0-100 scale, before clamping) a backend may show.
 PARITY_TOLERANCE = {"fp32": 0.05, "fp16": 0.5, "bf16": 1.0}
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+# oneDNN's ISA caps below AVX512_CORE_BF16: bf16 matmuls are emulated under them.
+_ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
 
 
 class Runtime:
@@ -277,16 +294,12 @@ def create_runtime(
             raise ValueError("onnxruntime runs fp32 or fp16 exports; bf16 is a torch option")
         return OrtRuntime(onnx_for(network, config, name, precision or "fp32"), device, threads=threads)
     if backend == "tensorrt":
-        from .tensorrt import engine_for
-
         return engine_for(network, config, name, device, precision or "fp16")
     return _auto(network, config, name, device, precision=precision, threads=threads)
 
 
 def _auto(network, config, name, device, *, precision, threads) -> Runtime:
     if device.type == "cuda":
-        from .tensorrt import TensorRTUnavailable, cached_engine
-
         try:
             runtime = cached_engine(network, config, name, device, precision or "fp16")
             reason = "no valid cached engine for this model and GPU (build one with pyfundus export --format engine)"
@@ -346,7 +359,7 @@ def _auto_cpu(network, config, name, device, *, precision, threads) -> Runtime:
 
 def _batch_one_latency_ms(runtime: Runtime, network: torch.nn.Module) -> float:
     """Median milliseconds of ``AUTO_TIMED_CALLS`` batch-1 calls after two warm-up calls."""
-    size = int(getattr(network, "img_size", 384))
+    size = network.input_spec.size
     batch = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     for _ in range(2):
         runtime(batch)
@@ -362,8 +375,11 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """Whether this CPU has bf16 instructions (the avx512_bf16 or amx_bf16 flag; Linux x86).
 
     oneDNN also runs bf16 on older AVX-512 CPUs, but by conversion, which is
-    no faster than fp32, so only the flags count.
+    no faster than fp32, so only the flags count. oneDNN capped below bf16
+    (``ONEDNN_MAX_CPU_ISA=AVX2``, as on a clinic PC stand-in) emulates it: False then too.
     """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     try:
         with open(cpuinfo) as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -381,7 +397,7 @@ def parity(runtime: Runtime, network: torch.nn.Module, batch: torch.Tensor | Non
     from ..ops.config import use_kernels
 
     if batch is None:
-        size = int(getattr(network, "img_size", 384))
+        size = network.input_spec.size
         batch = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     network = network.eval()
     first = next(network.parameters())
@@ -417,11 +433,95 @@ def onnx_for(network: torch.nn.Module, config: ModelConfig, name: str, precision
 
 def cached_onnx_path(network: torch.nn.Module, config: ModelConfig, name: str, precision: str) -> Path:
     """Where :func:`onnx_for` keeps the export of these weights (one file per weights, exporter and precision)."""
-    return cache_dir() / "export" / f"{_safe(name)}-{fingerprint(network, config, DEFAULT_OPSET)[:16]}-{precision}.onnx"
+    return cache_dir() / "export" / f"{safe_file_stem(name)}-{fingerprint(network, config, DEFAULT_OPSET)[:16]}-{precision}.onnx"
 
 
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+# ---- TensorRT: a checked engine per weights, GPU and TensorRT version (pyfundus.export.tensorrt builds it)
+
+
+class TensorRTRuntime(Runtime):
+    """Runs a checked engine with torch tensors as bindings on torch's current stream."""
+
+    backend = "tensorrt"
+
+    def __init__(self, engine_path: str | Path, device: torch.device, *, fingerprint: str | None = None):
+        trt = import_tensorrt()
+        self.path = Path(engine_path)
+        self.device = torch.device(device)
+        self.info = EngineInfo.load(sidecar_path(self.path))
+        check_engine(self.path, self.info, Target.current(self.device), fingerprint=fingerprint)
+        self.precision = self.info.precision
+        self.max_batch = self.info.batch[2]
+        self.input_name = INPUT_NAME
+        with torch.cuda.device(self.device):
+            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
+            if self._engine is None:
+                raise EngineMismatch(f"TensorRT could not deserialise {self.path}")
+            self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        self.output_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
+        self._dtypes = {n: dtypes[self._engine.get_tensor_dtype(n)] for n in self.output_names}
+
+    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = batch.to(self.device, torch.float32).contiguous()
+        parts = [self._run(chunk) for chunk in x.split(self.max_batch)]
+        return {name: torch.cat([part[name] for part in parts]) for name in self.output_names}
+
+    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        context = self._context
+        context.set_input_shape(self.input_name, tuple(x.shape))
+        context.set_tensor_address(self.input_name, x.data_ptr())
+        outputs = {}
+        for name in self.output_names:
+            outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name], device=self.device)
+            context.set_tensor_address(name, outputs[name].data_ptr())
+        if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
+            raise RuntimeError(f"TensorRT failed to run {self.path}")
+        return outputs
+
+
+def _engine_path(name: str, key: str, device: torch.device, precision: str) -> Path:
+    capability = "".join(map(str, torch.cuda.get_device_capability(device)))
+    return cache_dir() / "export" / f"{safe_file_stem(name)}-{key[:16]}-{precision}-sm{capability}.engine"
+
+
+def cached_engine(network, config: ModelConfig, name: str, device: torch.device, precision: str) -> TensorRTRuntime | None:
+    """The cached engine for these weights on this GPU, or None when there is none or it is stale or foreign."""
+    import_tensorrt()
+    key = fingerprint(network, config, DEFAULT_OPSET)
+    path = _engine_path(name, key, device, precision)
+    if not path.exists():
+        return None
+    try:
+        return TensorRTRuntime(path, device, fingerprint=key)
+    except EngineMismatch as exc:
+        log.warning("%s", exc)
+        return None
+
+
+def engine_for(network, config: ModelConfig, name: str, device: torch.device, precision: str) -> TensorRTRuntime:
+    """The cached engine, built (minutes, once) when absent or stale."""
+    trt = import_tensorrt()
+    runtime = cached_engine(network, config, name, device, precision)
+    if runtime is not None:
+        return runtime
+    key = fingerprint(network, config, DEFAULT_OPSET)
+    path = _engine_path(name, key, device, precision)
+    onnx_path = onnx_for(network, config, name, build_plan(trt.__version__, precision)["onnx_precision"])
+    build_engine(onnx_path, path, precision=precision, device=device, timing_cache=path.with_suffix(".timing"))
+    return TensorRTRuntime(path, device, fingerprint=key)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" -> CUDA when torch sees a GPU, else CPU; "cuda" without a GPU is an error, not a silent CPU run."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
+    return device
 
 
 def _check_precision(precision: str) -> None:

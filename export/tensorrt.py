@@ -13,13 +13,13 @@ and softmax already fp32 there). TensorRT 10 builds from the fp32 ONNX with
 ``BuilderFlag.FP16`` and pins LayerNorm and softmax layers to fp32.
 
 TensorRT is imported only when an engine is built or loaded; without it every entry
-point raises :class:`TensorRTUnavailable`.
+point raises :class:`TensorRTUnavailable`. The runtime that runs an engine
+(``TensorRTRuntime``) and the engine cache are in pyfundus.export.runtimes.
 """
 
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import sys
@@ -30,11 +30,9 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from ..paths import cache_dir
-from ..weights import ModelConfig
-from .onnx import DEFAULT_OPSET, INPUT_NAME, fingerprint, read_metadata
-from .runtimes import Runtime, _safe, onnx_for
+from ..paths import sha256_file
+from ..version import __version__
+from .onnx import INPUT_NAME, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +42,10 @@ __all__ = [
     "EngineInfo",
     "EngineMismatch",
     "Target",
-    "TensorRTRuntime",
     "TensorRTUnavailable",
     "build_engine",
     "build_plan",
-    "cached_engine",
     "check_engine",
-    "engine_for",
     "import_tensorrt",
     "sidecar_path",
 ]
@@ -155,7 +150,7 @@ def check_engine(engine_path: str | Path, info: EngineInfo, target: Target, *, f
         problems.append(f"built on a {built.gpu_name}, this GPU is a {target.gpu_name}")
     if fingerprint is not None and info.fingerprint != fingerprint:
         problems.append("built from other weights or another exporter version (stale)")
-    if _sha256(Path(engine_path)) != info.engine_sha256:
+    if sha256_file(Path(engine_path)) != info.engine_sha256:
         problems.append("the engine file changed after it was built")
     if problems:
         raise EngineMismatch(
@@ -251,8 +246,8 @@ def build_engine(
         batch=tuple(batch),
         workspace_gib=workspace_gib,
         strongly_typed=plan["strongly_typed"],
-        engine_sha256=_sha256(engine_path),
-        onnx_sha256=_sha256(onnx_path),
+        engine_sha256=sha256_file(engine_path),
+        onnx_sha256=sha256_file(onnx_path),
         fingerprint=metadata["fingerprint"],
         model=metadata["model"],
         onnx_metadata=metadata,
@@ -260,81 +255,6 @@ def build_engine(
     )
     sidecar_path(engine_path).write_text(info.to_json())
     return info
-
-
-class TensorRTRuntime(Runtime):
-    """Runs a checked engine with torch tensors as bindings on torch's current stream."""
-
-    backend = "tensorrt"
-
-    def __init__(self, engine_path: str | Path, device: torch.device, *, fingerprint: str | None = None):
-        trt = import_tensorrt()
-        self.path = Path(engine_path)
-        self.device = torch.device(device)
-        self.info = EngineInfo.load(sidecar_path(self.path))
-        check_engine(self.path, self.info, Target.current(self.device), fingerprint=fingerprint)
-        self.precision = self.info.precision
-        self.max_batch = self.info.batch[2]
-        self.input_name = INPUT_NAME
-        with torch.cuda.device(self.device):
-            self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-            self._engine = self._runtime.deserialize_cuda_engine(self.path.read_bytes())
-            if self._engine is None:
-                raise EngineMismatch(f"TensorRT could not deserialise {self.path}")
-            self._context = self._engine.create_execution_context()
-        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self.output_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        dtypes = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32}
-        self._dtypes = {n: dtypes[self._engine.get_tensor_dtype(n)] for n in self.output_names}
-
-    def __call__(self, batch: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = batch.to(self.device, torch.float32).contiguous()
-        parts = [self._run(chunk) for chunk in x.split(self.max_batch)]
-        return {name: torch.cat([part[name] for part in parts]) for name in self.output_names}
-
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        context = self._context
-        context.set_input_shape(self.input_name, tuple(x.shape))
-        context.set_tensor_address(self.input_name, x.data_ptr())
-        outputs = {}
-        for name in self.output_names:
-            outputs[name] = torch.empty(tuple(context.get_tensor_shape(name)), dtype=self._dtypes[name], device=self.device)
-            context.set_tensor_address(name, outputs[name].data_ptr())
-        if not context.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
-            raise RuntimeError(f"TensorRT failed to run {self.path}")
-        return outputs
-
-
-def _engine_path(name: str, key: str, device: torch.device, precision: str) -> Path:
-    capability = "".join(map(str, torch.cuda.get_device_capability(device)))
-    return cache_dir() / "export" / f"{_safe(name)}-{key[:16]}-{precision}-sm{capability}.engine"
-
-
-def cached_engine(network, config: ModelConfig, name: str, device: torch.device, precision: str) -> TensorRTRuntime | None:
-    """The cached engine for these weights on this GPU, or None when there is none or it is stale or foreign."""
-    import_tensorrt()
-    key = fingerprint(network, config, DEFAULT_OPSET)
-    path = _engine_path(name, key, device, precision)
-    if not path.exists():
-        return None
-    try:
-        return TensorRTRuntime(path, device, fingerprint=key)
-    except EngineMismatch as exc:
-        log.warning("%s", exc)
-        return None
-
-
-def engine_for(network, config: ModelConfig, name: str, device: torch.device, precision: str) -> TensorRTRuntime:
-    """The cached engine, built (minutes, once) when absent or stale."""
-    trt = import_tensorrt()
-    runtime = cached_engine(network, config, name, device, precision)
-    if runtime is not None:
-        return runtime
-    key = fingerprint(network, config, DEFAULT_OPSET)
-    path = _engine_path(name, key, device, precision)
-    onnx_path = onnx_for(network, config, name, build_plan(trt.__version__, precision)["onnx_precision"])
-    build_engine(onnx_path, path, precision=precision, device=device, timing_cache=path.with_suffix(".timing"))
-    return TensorRTRuntime(path, device, fingerprint=key)
 
 
 def _progress_monitor(trt) -> Any:
@@ -355,11 +275,3 @@ def _progress_monitor(trt) -> Any:
             pass
 
     return Monitor()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

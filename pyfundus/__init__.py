@@ -6,17 +6,21 @@ torch, the model and the weights load only when first asked for.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["__version__", "load_model", "list_models", "read_image", "ScoreResult"]
 
 
 def __getattr__(name: str):
     # PEP 562 lazy attributes: nothing heavy is imported until it is used.
-    if name in ("load_model", "ScoreResult"):
-        from . import api
+    if name == "load_model":
+        from .api import load_model
 
-        return getattr(api, name)
+        return load_model
+    if name == "ScoreResult":
+        from .verdicts import ScoreResult
+
+        return ScoreResult
     if name == "list_models":
         from .models import list_models
 

@@ -1,4 +1,4 @@
-"""The public scoring API: ``load_model()`` and ``QualityModel.score()``."""
+"""The public scoring API: ``load_model()``, the one loader, and ``QualityModel.score()``."""
 
 from __future__ import annotations
 
@@ -9,19 +9,21 @@ import time
 import warnings
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .export.runtimes import Runtime, TorchRuntime, create_runtime
+from .export.runtimes import Runtime, TorchRuntime, create_runtime, resolve_device
 from .grading import Thresholds
 from .io import FundusImage, ImageReadError, read_image, source_name
-from .models import create_model, is_model
+from .models import create_model, is_classical, is_model, list_models
 from .preprocess import NoFundusError, preprocess
-from .weights import ModelConfig, load_weights
+from .verdicts import ScoreResult, reason_for
+from .weights import InputSpec, ModelConfig, load_weights
+
+__all__ = ["DEFAULT_MODEL", "QualityModel", "ScoreResult", "UntrainedModelWarning", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -34,39 +36,9 @@ class UntrainedModelWarning(UserWarning):
 
 
 # Shown on every score call, not once per process: an untrained gate must never go unnoticed.
+# A caller that says it another way (the daemon's log, the CLI's banner) sets
+# ``model.warn_untrained = False`` on that one model; no process-wide filter is ever changed.
 warnings.simplefilter("always", UntrainedModelWarning)
-
-
-@dataclass
-class ScoreResult:
-    """One image's verdict. ``error`` is set (and score/class are None) when the image could not be scored."""
-
-    path: str | None
-    score: float | None = None
-    quality_class: str | None = None
-    probabilities: dict[str, float] | None = None
-    reason: str | None = None  # for Usable/Reject: the most likely cause and what to do about it
-    causes: dict[str, float] | None = None  # predicted severity per cause, when the model has a cause head
-    laterality: str | None = None
-    patient_id: str | None = None
-    study_uid: str | None = None
-    sop_instance_uid: str | None = None
-    model: str = ""
-    trained: bool = False
-    backend: str = ""  # runtime, precision and device that computed the score
-    timing_ms: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready record; the class is under the key ``class``."""
-        record = asdict(self)
-        record["class"] = record.pop("quality_class")
-        return record
 
 
 class QualityModel:
@@ -74,6 +46,8 @@ class QualityModel:
 
     ``network`` is the torch module (None when loaded from an exported .onnx or .engine
     file); ``runtime`` computes the heads (torch by default, see pyfundus.export.runtimes).
+    ``config.input`` is the input contract the weights were trained with (size, mean/std, crop).
+    ``warn_untrained``: whether scoring with untrained weights raises an UntrainedModelWarning.
     """
 
     def __init__(
@@ -83,14 +57,19 @@ class QualityModel:
         name: str,
         device: torch.device,
         runtime: Runtime | None = None,
-        input_size: int | None = None,
     ):
+        if config.input is None:
+            raise ValueError(f"model {name!r}: its config has no input contract (size, mean/std)")
         self.network = network.eval().to(device) if network is not None else None
         self.config = config
         self.name = name
         self.device = device
         self.runtime = runtime if runtime is not None else TorchRuntime(self.network, device, "fp32")
-        self.input_size = input_size or int(getattr(network, "img_size", 384))
+        self.warn_untrained = True
+
+    @property
+    def input(self) -> InputSpec:
+        return self.config.input
 
     @property
     def backend(self) -> str:
@@ -139,7 +118,7 @@ class QualityModel:
         ``progress`` is called with the number of images finished after each batch.
         """
         items = _as_list(inputs)
-        if not self.trained:
+        if not self.trained and self.warn_untrained:
             message = (
                 f"model {self.name!r} has no trained weights: its scores are meaningless. "
                 "Load trained weights with pyfundus.load_model(PATH)."
@@ -166,9 +145,9 @@ class QualityModel:
         result = ScoreResult(path=path, model=self.name, trained=self.trained, backend=self.runtime.describe())
         started = time.perf_counter()
         try:
-            image = item if isinstance(item, FundusImage) else read_image(item, min_side=self.input_size)
+            image = item if isinstance(item, FundusImage) else read_image(item, min_side=self.input.size)
             read_done = time.perf_counter()
-            tensor, _ = preprocess(image.pixels, self.input_size)
+            tensor, _ = preprocess(image.pixels, self.input)
         except ImageReadError as exc:  # its message already names the file
             return _failed(result, str(exc), started)
         except NoFundusError as exc:
@@ -176,7 +155,8 @@ class QualityModel:
         except Exception as exc:  # a decoder bug must cost one image, not the whole batch
             log.exception("unexpected failure while reading an image")
             return _failed(result, f"{path or 'image'}: unexpected error while reading ({type(exc).__name__}: {exc})", started)
-        result.laterality = image.laterality
+        result.sha256 = image.sha256
+        result.eye = image.eye
         result.patient_id = image.patient_id
         result.study_uid = image.study_uid
         result.sop_instance_uid = image.sop_instance_uid
@@ -198,7 +178,7 @@ class QualityModel:
                 result.probabilities = self.thresholds.probabilities(result.score)
                 if causes is not None:
                     result.causes = dict(zip(self.config.causes, causes[i].tolist()))
-                    result.reason = _reason(result.quality_class, result.causes)
+                    result.reason = reason_for(result.quality_class, result.causes)
                 result.timing_ms["model"] = per_image
                 result.timing_ms["total"] = sum(result.timing_ms.values())
                 if not self.trained:
@@ -212,59 +192,85 @@ def load_model(
     *,
     backend: str | None = None,
     precision: str | None = None,
-    thresholds: Thresholds | None = None,
+    thresholds: Thresholds | Mapping[str, float | None] | None = None,
     threads: int | None = None,
     compile: bool = False,
     pretrained: bool = True,
-) -> QualityModel:
-    """Load a quality model by registry name (shipped weights when present), from a .safetensors file,
-    or from a file written by ``pyfundus export`` (.onnx, .engine).
+) -> Any:
+    """The one model loader: the CLI, the daemon and evaluation all load through it.
 
+    ``name_or_path``: a registered network (``fthnet_s``, ``fthnet_l``: its shipped weights
+    when present), a ``.safetensors`` file, a file written by ``pyfundus export`` (.onnx,
+    .engine), or a fitted classical model (``.json``, e.g. BRISQUE from ``pyfundus train
+    --model brisque``). Returns a :class:`QualityModel`, or the classical model, which scores
+    with the same ``.score()``. Pickled files are refused: loading one can run code.
     ``device``: "cpu", "cuda", "cuda:N" or "auto" (CUDA when available).
     ``backend``: "torch" (the default for weights), "onnxruntime" (exports the weights to ONNX
     once, cached; the default for .onnx files), "tensorrt" (builds an engine once, cached; the
     default for .engine files) or "auto" (the fastest backend that is installed and verified
     here; ``model.backend_description`` says which and why).
     ``precision``: "fp32", "fp16" or "bf16"; default fp32 on CPU, fp16 on CUDA.
-    ``thresholds`` overrides the class thresholds stored with the weights.
+    ``thresholds``: class thresholds instead of those stored with the model: a Thresholds, or a
+    mapping with ``reject_below`` and/or ``good_from`` (None keeps the stored value) to move them.
     ``threads``: CPU threads for torch and ONNX Runtime. ``compile``: torch.compile the torch backend.
     A registered name loads its shipped weights (``pretrained=False``: a freshly initialised
     network instead, e.g. to train); a name without shipped weights gives an untrained model and says so.
     """
     name_or_path = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
-    exported = Path(name_or_path).suffix in (".onnx", ".engine")
+    suffix = Path(name_or_path).suffix.lower()
+    if suffix in (".pt", ".pth", ".ckpt", ".bin", ".joblib", ".pkl", ".pickle"):
+        raise ValueError(
+            f"{name_or_path}: only .safetensors weights are loaded (pickle-based files can run arbitrary code "
+            "when loaded); fitted classical models are .json"
+        )
+    if suffix == ".json":
+        return _classical_from_file(Path(name_or_path), thresholds)
+    if is_model(name_or_path) and is_classical(name_or_path):
+        raise ValueError(
+            f"{name_or_path!r} is a classical model that must be fitted on labelled captures first: "
+            f"`pyfundus train --model {name_or_path} --data DATASET` writes a .json to load"
+        )
+    exported = suffix in (".onnx", ".engine")
     if compile and (backend not in (None, "torch") or exported):
-        raise ValueError(f"compile applies to the torch backend, not to {backend or Path(name_or_path).suffix} models")
-    device = _resolve_device(device)
+        raise ValueError(f"compile applies to the torch backend, not to {backend or suffix} models")
+    device = resolve_device(device)
     if exported:
         return _from_export(Path(name_or_path), device, backend, thresholds, threads)
     if is_model(name_or_path):
         shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
         if pretrained and shipped.exists():
             network, config = _from_file(shipped)
-            name = name_or_path
         else:
             config = ModelConfig(arch=name_or_path)
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # untrained, but at least the same numbers in every process
                 network = create_model(name_or_path)
-            name = name_or_path
+            config.input = network.input_spec
+        name = name_or_path
     else:
         path = Path(name_or_path)
         if not path.exists():
-            from .models import list_models
-
             raise FileNotFoundError(
                 f"{name_or_path!r} is neither a registered model ({', '.join(list_models())}) nor an existing file"
             )
         network, config = _from_file(path)
         name = path.stem
-    if thresholds is not None:
-        config.thresholds = thresholds
+    config.thresholds = _thresholds(config.thresholds, thresholds)
     runtime = create_runtime(
         backend or "torch", network.eval(), config, name, device, precision=precision, threads=threads, compile=compile
     )
     return QualityModel(network, config, name, device, runtime)
+
+
+def _thresholds(stored: Thresholds, override: Thresholds | Mapping[str, float | None] | None) -> Thresholds:
+    if override is None:
+        return stored
+    if isinstance(override, Thresholds):
+        return override
+    unknown = set(override) - {"reject_below", "good_from"}
+    if unknown:
+        raise ValueError(f"thresholds: unknown key(s) {sorted(unknown)}; use reject_below and good_from")
+    return stored.moved(override.get("reject_below"), override.get("good_from"))
 
 
 def _from_file(path: Path) -> tuple[torch.nn.Module, ModelConfig]:
@@ -276,15 +282,31 @@ def _from_file(path: Path) -> tuple[torch.nn.Module, ModelConfig]:
             f"{path}: weights do not match architecture {config.arch} "
             f"(missing {len(missing)} tensors, e.g. {missing[:3]}; unexpected {len(unexpected)}, e.g. {unexpected[:3]})"
         )
+    if config.input is None:  # written before the contract was stored: the architecture's own
+        config.input = network.input_spec
+    elif config.input.size != network.input_spec.size:
+        raise ValueError(f"{path}: its input size {config.input.size} does not match its architecture's")
     return network, config
 
 
-def _from_export(
-    path: Path, device: torch.device, backend: str | None, thresholds: Thresholds | None, threads: int | None
-) -> QualityModel:
-    """A model from an exported file alone: its metadata carries the config, thresholds and input size."""
-    import json
+def _classical_from_file(path: Path, thresholds: Thresholds | Mapping[str, float | None] | None) -> Any:
+    from .models.brisque import BrisqueSVR
 
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    model = BrisqueSVR.load(path)
+    model.thresholds = _thresholds(model.thresholds, thresholds)
+    return model
+
+
+def _from_export(
+    path: Path,
+    device: torch.device,
+    backend: str | None,
+    thresholds: Thresholds | Mapping[str, float | None] | None,
+    threads: int | None,
+) -> QualityModel:
+    """A model from an exported file alone: its metadata carries the config, thresholds and input contract."""
     from .export.onnx import config_from_metadata
     from .export.runtimes import OrtRuntime
 
@@ -297,24 +319,13 @@ def _from_export(
         runtime: Runtime = OrtRuntime(path, device, threads=threads)
         metadata = runtime.metadata
     else:
-        from .export.tensorrt import TensorRTRuntime
+        from .export.runtimes import TensorRTRuntime
 
         runtime = TensorRTRuntime(path, device)
         metadata = runtime.info.onnx_metadata
     config = config_from_metadata(metadata)
-    if thresholds is not None:
-        config.thresholds = thresholds
-    name = metadata.get("model", path.stem)
-    return QualityModel(None, config, name, device, runtime, input_size=json.loads(metadata["input"])["size"])
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device")
-    return device
+    config.thresholds = _thresholds(config.thresholds, thresholds)
+    return QualityModel(None, config, metadata.get("model", path.stem), device, runtime)
 
 
 def _as_list(inputs: Any) -> list[Any]:
@@ -343,16 +354,6 @@ def _chunks(iterator: Iterator, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
-
-
-def _reason(quality_class: str, causes: dict[str, float]) -> str | None:
-    """One actionable reason for a Usable or Reject verdict: the cause with the highest predicted severity."""
-    from .data.degrade import ACTIONS
-
-    if quality_class == "Good" or not causes:
-        return None
-    cause = max(causes, key=causes.get)
-    return f"{cause}: {ACTIONS[cause]}"
 
 
 def _failed(result: ScoreResult, error: str, started: float) -> tuple[ScoreResult, None]:

@@ -14,8 +14,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .grading import CLASSES, Thresholds
+from .grading import Thresholds
 from .metrics import accuracy, calibrate_thresholds, quadratic_weighted_kappa
+from .verdicts import CLASSES
 
 FEW_PER_CLASS = 10  # below this many images a class's threshold rests on a handful of captures
 

@@ -7,23 +7,16 @@ Heavy modules (torch, the model) are imported inside each command so that
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
-from . import __version__
+from .errors import EXIT_USAGE, UsageError
 from .progress import progress_bar
-
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad arguments or an unusable model: the one case the CLI exits non-zero."""
+from .version import __version__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,14 +76,8 @@ def _add_score(commands) -> None:
     p.set_defaults(run=_run_score)
 
 
-CSV_COLUMNS = (
-    "path", "score", "class", "p_good", "p_usable", "p_reject", "reason", "laterality", "patient_id",
-    "study_uid", "model", "trained", "total_ms", "warnings", "error",
-)  # fmt: skip
-
-
 def _run_score(args) -> int:
-    from .api import ScoreResult, UntrainedModelWarning
+    from .verdicts import ScoreResult, write_csv
 
     model = _load_model_for_cli(
         args.model, args.device, args.reject_below, args.good_from,
@@ -102,10 +89,10 @@ def _run_score(args) -> int:
     targets = [path for path, problem in entries if problem is None]
     if not model.trained:
         print(f"WARNING: {model.name} has no trained weights; every score below is meaningless.", file=sys.stderr)
-    with warnings.catch_warnings(), progress_bar(
+        model.warn_untrained = False  # the banner above said it
+    with progress_bar(
         len(targets), desc="scoring", unit="img", enabled=not args.no_progress and len(targets) > 1
     ) as bar:
-        warnings.simplefilter("ignore", UntrainedModelWarning)  # the banner above already said it
         scored = {r.path: r for r in model.score(targets, batch_size=args.batch_size, progress=bar.update)}
     ordered = [
         scored[path] if problem is None
@@ -116,7 +103,7 @@ def _run_score(args) -> int:
         json.dump([r.to_dict() for r in ordered], sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif args.csv:
-        _write_csv(ordered, sys.stdout)
+        write_csv((r.to_dict() for r in ordered), sys.stdout)
     else:
         _write_table(ordered, sys.stdout)
     return 0
@@ -197,8 +184,9 @@ def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, 
     from .export.tensorrt import TensorRTUnavailable
 
     try:
-        model = load_model(name, device=device, backend=backend, precision=precision, compile=compile)
-        model.config.thresholds = model.thresholds.moved(reject_below, good_from)
+        thresholds = {"reject_below": reject_below, "good_from": good_from}
+        model = load_model(name, device=device, backend=backend, precision=precision, compile=compile,
+                           thresholds=thresholds)  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError, TensorRTUnavailable) as exc:
         raise UsageError(str(exc)) from exc
     return model
@@ -240,33 +228,7 @@ def _write_table(results, stream) -> None:
     for r in results:
         score = f"{r.score:6.1f}" if r.score is not None else "     -"
         note = r.error or "; ".join(([r.reason] if r.reason else []) + r.warnings)
-        stream.write(f"{r.path:<{width}}  {score}  {r.quality_class or '-':<7}  {r.laterality or '-':<3}  {note}\n")
-
-
-def _write_csv(results, stream) -> None:
-    writer = csv.DictWriter(stream, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for r in results:
-        probs = r.probabilities or {}
-        writer.writerow(
-            {
-                "path": r.path,
-                "score": r.score,
-                "class": r.quality_class,
-                "p_good": probs.get("Good"),
-                "p_usable": probs.get("Usable"),
-                "p_reject": probs.get("Reject"),
-                "reason": r.reason,
-                "laterality": r.laterality,
-                "patient_id": r.patient_id,
-                "study_uid": r.study_uid,
-                "model": r.model,
-                "trained": r.trained,
-                "total_ms": round(r.timing_ms.get("total", 0.0), 2),
-                "warnings": "; ".join(r.warnings),
-                "error": r.error,
-            }
-        )
+        stream.write(f"{r.path:<{width}}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}\n")
 
 
 # ---- pyfundus data ------------------------------------------------------------
@@ -356,7 +318,8 @@ def _add_train(commands) -> None:
                    help="one or more folders with labels.csv and images/ (FQS layout), used together")
     p.add_argument("--out", default="runs/train", help=f"output folder {from_defaults}")
     p.add_argument("--model", default="fthnet_s",
-                   help=f"registered architecture, or 'brisque' for the classical baseline {from_defaults}")
+                   help=f"registered model: a network, or a classical one such as 'brisque' (fitted, saved as "
+                   f"OUT/brisque.json) {from_defaults}")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
                    help='architecture argument, e.g. --model-arg shift=false --model-arg "depths=[2,2,2,2]"')
     p.add_argument("--steps", type=_positive_int, default=2000, help=f"optimiser steps {from_defaults}")
@@ -387,8 +350,10 @@ def _add_train(commands) -> None:
 
 
 def _run_train(args) -> int:
-    if args.model == "brisque":
-        return _fit_brisque(args)
+    from .models import is_classical, is_model
+
+    if is_model(args.model) and is_classical(args.model):
+        return _fit_classical(args)
     from .train import TrainConfig, train
 
     model_kwargs = {}
@@ -415,18 +380,17 @@ def _run_train(args) -> int:
     return 0
 
 
-def _fit_brisque(args) -> int:
-    """The classical baseline trains on the same data and split as a network would."""
+def _fit_classical(args) -> int:
+    """A classical model (the BRISQUE baseline) fits on the same data and split as a network would train."""
     from .data.datasets import load_records, train_val_split
-    from .models.brisque import BrisqueSVR
+    from .train import fit_classical
 
     records = [record for folder in args.data for record in load_records(folder)]
     train_set, _ = train_val_split(records, args.val_fraction, args.split_seed)
-    with progress_bar(len(train_set), desc="BRISQUE features", unit="img", enabled=not args.no_progress) as bar:
-        model = BrisqueSVR().fit(train_set, progress=bar.update)
-    out = Path(args.out) / "brisque.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out)
+    try:
+        _, out = fit_classical(args.model, train_set, args.out, progress=not args.no_progress)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     print(out)
     return 0
 
@@ -441,7 +405,9 @@ def _add_eval(commands) -> None:
         description="PLCC, SRCC, RMSE, 3-class accuracy and quadratic-weighted kappa, per-degradation breakdown; "
         "writes report.json, scatter.png and confusion.png.",
     )
-    p.add_argument("--model", default=None, help="model name, .safetensors file, or 'brisque' (default: shipped model)")
+    p.add_argument("--model", default=None,
+                   help="model name, .safetensors or fitted .json file, or a classical model to fit on each "
+                   "round's train side, such as 'brisque' (default: shipped model)")  # fmt: skip
     p.add_argument("--data", required=True, help="folder in the FQS layout, or a label CSV (EyeQ or generic)")
     p.add_argument("--out", default="runs/eval", help="report folder (default: runs/eval)")
     p.add_argument("--split", choices=("all", "train", "test", "val"), default="all",
@@ -543,38 +509,45 @@ def _add_bench(commands) -> None:
     p = commands.add_parser(
         "bench",
         help="latency and throughput of each runtime backend",
-        description="For each available backend and precision and each batch size: warm-up, then p50/p95/p99 "
-        "latency and images/s of the model call, plus an end-to-end row (2304x1728 JPEG read, decoded, "
-        "preprocessed, scored) and peak memory, with the speed-up over torch eager fp32 from the same run.",
+        description="Warm-up, then p50/p95/p99 latency and images/s of the model call, plus an end-to-end row "
+        "(2304x1728 JPEG read, decoded, preprocessed, scored) and peak memory, with the speed-up over torch "
+        "eager fp32 from the same run. By default a quick look (at most about 2 minutes on two cores): batch 1, "
+        "4 s per row, the backends that make sense on this machine. --full times every backend and precision "
+        "at batches 1, 8 and 32, 20 s per row (tens of minutes on a small CPU).",
     )
     p.add_argument("-m", "--model", default=None, help="registered model name or .safetensors file (default: shipped model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
+    p.add_argument("--full", action="store_true", help="the whole sweep: every backend and precision, batches 1 8 32")
     p.add_argument("--backends", nargs="+", metavar="NAME",
                    choices=("torch", "torch.compile", "torch+graphs", "onnxruntime", "tensorrt"),
-                   help="only these: torch, torch.compile, torch+graphs, onnxruntime, tensorrt (default: all)")  # fmt: skip
-    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "bf16"), help="only these (default: all)")
-    p.add_argument("--batch", type=_positive_int, nargs="+", default=[1, 8, 32], help="batch sizes (default: 1 8 32)")
-    p.add_argument("--iters", type=_positive_int, default=50, help="timed calls per row, at most (default: 50)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default: 2)")
-    p.add_argument("--time-box", type=float, default=20.0,
-                   help="seconds per row after which timing stops (at least 3 calls) (default: 20)")  # fmt: skip
+                   help="only these: torch, torch.compile, torch+graphs, onnxruntime, tensorrt")  # fmt: skip
+    p.add_argument("--precisions", nargs="+", choices=("fp32", "fp16", "bf16"), help="only these")
+    p.add_argument("--batch", type=_positive_int, nargs="+", help="batch sizes (default: 1; --full: 1 8 32)")
+    p.add_argument("--iters", type=_positive_int, help="timed calls per row, at most (default: 20; --full: 50)")
+    p.add_argument("--warmup", type=int, help="untimed calls first (default: 2)")
+    p.add_argument("--time-box", type=float,
+                   help="seconds per row after which timing stops, at least 3 calls (default: 4; --full: 20)")  # fmt: skip
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: all cores)")
     p.add_argument("--no-end-to-end", action="store_true", help="skip the end-to-end rows")
     p.add_argument("--daemon", action="store_true",
-                   help="also the daemon's close-write to verdict latency (pyfundus.daemon.bench)")  # fmt: skip
+                   help="also the daemon's close-write to verdict latency (pyfundus.daemon.latency_bench)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print {header, rows} as JSON instead of a table")
     p.set_defaults(run=_run_bench)
 
 
 def _run_bench(args) -> int:
-    from .bench import format_table, header, run_bench
+    from .runtime_bench import format_table, header, run_bench
 
     rows = run_bench(
-        args.model, device=args.device, backends=args.backends, precisions=args.precisions, batches=tuple(args.batch),
-        iters=args.iters, warmup=args.warmup, time_box=args.time_box, end_to_end=not args.no_end_to_end,
-        threads=args.threads,
+        args.model, device=args.device, full=args.full, backends=args.backends, precisions=args.precisions,
+        batches=tuple(args.batch or ()), iters=args.iters, warmup=args.warmup, time_box=args.time_box,
+        end_to_end=not args.no_end_to_end, threads=args.threads,
     )  # fmt: skip
-    daemon_rows = _daemon_bench(args) if args.daemon else []
+    daemon_rows = []
+    if args.daemon:
+        from .daemon.latency_bench import run_daemon_bench
+
+        daemon_rows = run_daemon_bench(args.model, device=args.device)
     info = header(args.model, args.device, args.threads)
     if args.json:
         json.dump({"header": info, "rows": rows, "daemon": daemon_rows}, sys.stdout, indent=2)
@@ -589,14 +562,6 @@ def _run_bench(args) -> int:
     for row in daemon_rows:
         print(json.dumps(row))
     return 0
-
-
-def _daemon_bench(args) -> list[dict]:
-    try:
-        from .daemon.bench import run_daemon_bench
-    except ImportError as exc:
-        raise UsageError(f"--daemon needs pyfundus.daemon.bench.run_daemon_bench, which this install lacks ({exc})") from exc
-    return run_daemon_bench(args.model, device=args.device)
 
 
 def _positive_int(text: str) -> int:

@@ -24,8 +24,8 @@ from typing import Any, Literal, Sequence
 import numpy as np
 
 from .data.datasets import QualityRecord, load_records, split_records
-from .grading import CLASSES
 from .metrics import accuracy, confusion_matrix, plcc, quadratic_weighted_kappa, rmse, srcc
+from .verdicts import CLASSES
 
 __all__ = [
     "Predictions",
@@ -39,7 +39,6 @@ __all__ = [
 SCALAR_METRICS = (
     "n", "n_scored", "n_failed", "n_with_mos", "plcc", "srcc", "rmse", "n_with_level", "accuracy", "qwk",
 )  # fmt: skip
-BRISQUE = "brisque"
 _CLASS_COLOURS = {"Good": "#1a9850", "Usable": "#f1a340", "Reject": "#d73027"}
 _NO_CLASS_COLOUR = "#7f7f7f"
 
@@ -172,11 +171,11 @@ def run_eval(
 ) -> dict[str, Any]:
     """Evaluate ``model`` on ``data`` and write reports into ``out_dir``; returns the aggregate.
 
-    ``model``: "brisque" (fitted on the train side of each round's split),
-    a saved BRISQUE model (.json), or anything ``pyfundus.load_model`` accepts.
+    ``model``: a registered classical model such as "brisque" (fitted on the train side of
+    each round's split), or anything ``pyfundus.load_model`` accepts (a fitted .json included).
     ``split``: evaluate on that side of ``split_records(protocol, seed,
     round_index=r)`` for r in range(rounds), writing ``round_NN/`` reports; None
-    evaluates every record once (not possible with an unfitted "brisque").
+    evaluates every record once (not possible with a classical model still to be fitted).
     A pretrained model is evaluated as it is: use the split (protocol, seed,
     round) it was trained with, or its training images leak into the test side.
     ``workers``: processes for BRISQUE feature extraction.
@@ -186,13 +185,16 @@ def run_eval(
         raise ValueError(f"split must be 'train', 'test', 'val' or None, not {split!r}")
     if rounds < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
-    if split is None and model == BRISQUE:
-        raise ValueError("'brisque' must be fitted on a train split: give a split, or a saved BRISQUE .json file")
+    from .models import is_classical, is_model
+
+    to_fit = is_model(model) and is_classical(model)
+    if split is None and to_fit:
+        raise ValueError(f"{model!r} must be fitted on a train split: give a split, or a fitted .json file")
     records = load_records(data, image_dir=image_dir)
     if not records:
         raise ValueError(f"{data}: no labelled images")
     out = Path(out_dir)
-    fixed = None if model == BRISQUE else _load_scorer(model, device, workers)
+    fixed = None if to_fit else _load_scorer(model, device, workers)
     feature_cache: dict = {}  # BRISQUE rounds share features: each image is measured once
     summaries = []
     for r in range(rounds if split is not None else 1):
@@ -203,10 +205,14 @@ def run_eval(
         round_dir = out / f"round_{r:02d}" if split is not None else out
         scorer = fixed
         if scorer is None:
-            scorer = _fit_brisque(parts["train"], round_dir, workers, progress, feature_cache)
+            from .train import fit_classical
+
+            scorer, _ = fit_classical(
+                model, parts["train"], round_dir, workers=workers, progress=progress, feature_cache=feature_cache
+            )
         predictions = predict_records(scorer, subset, batch_size=batch_size, progress=progress)
         summary = summarise(predictions)
-        title = f"{_model_label(model)} on {Path(data).name}" + (f" ({split}, {protocol} round {r})" if split else "")
+        title = f"{Path(model).name} on {Path(data).name}" + (f" ({split}, {protocol} round {r})" if split else "")
         write_report(summary, round_dir, predictions, title=title)
         summaries.append(summary)
     result = {
@@ -383,38 +389,9 @@ def _split(
 
 
 def _load_scorer(model: str, device: str, workers: int) -> Any:
-    suffix = Path(model).suffix.lower()
-    if suffix in (".joblib", ".pkl", ".pickle"):
-        raise ValueError(
-            f"{model}: pickle-based model files are refused (loading one can run arbitrary code); "
-            "save BRISQUE models as .json with BrisqueSVR.save"
-        )
-    if suffix == ".json":
-        from .models.brisque import BrisqueSVR
-
-        scorer = BrisqueSVR.load(model)
-        scorer.workers = workers
-        return scorer
     from .api import load_model
 
-    return load_model(model, device=device)
-
-
-def _fit_brisque(
-    train: Sequence[QualityRecord], round_dir: Path, workers: int, progress: bool, feature_cache: dict
-) -> Any:
-    from tqdm import tqdm
-
-    from .models.brisque import BrisqueSVR
-
-    total = sum(r.mos is not None for r in train)
-    scorer = BrisqueSVR(workers=workers, feature_cache=feature_cache)
-    with tqdm(total=total, unit="img", desc="BRISQUE features", disable=not progress, leave=False) as bar:
-        scorer.fit(train, workers=workers, progress=bar.update)
-    round_dir.mkdir(parents=True, exist_ok=True)
-    scorer.save(round_dir / "brisque.json")  # so the fitted baseline can be re-run without refitting
+    scorer = load_model(model, device=device)
+    if hasattr(scorer, "workers"):  # a classical model: feature extraction in worker processes
+        scorer.workers = workers
     return scorer
-
-
-def _model_label(model: str) -> str:
-    return model if model == BRISQUE else Path(model).name

@@ -12,8 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-CLASSES = ("Good", "Usable", "Reject")
-
 
 @dataclass(frozen=True)
 class Thresholds:

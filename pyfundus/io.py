@@ -25,6 +25,7 @@ Design notes:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import struct
@@ -44,15 +45,22 @@ from PIL import (
 )
 
 __all__ = [
+    "CAMERA_FRAME",
+    "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_EXTENSIONS",
     "FundusImage",
     "ImageReadError",
+    "encode_jpeg",
     "is_probably_image",
     "read_image",
 ]
 
 DEFAULT_MAX_PIXELS = 100_000_000
+# A file is read whole (so its hash is of exactly the bytes decoded); no fundus capture comes near this.
+DEFAULT_MAX_BYTES = 1 << 30
+# The frame of the FQS cameras' photos (Gong et al., arXiv:2411.12273): 2304 x 1728.
+CAMERA_FRAME = (2304, 1728)
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
 
@@ -114,7 +122,8 @@ class FundusImage:
     format: str
     original_size: tuple[int, int]
     scale: float = 1.0
-    laterality: str | None = None
+    sha256: str | None = None  # of the file's bytes, exactly those decoded (None for in-memory images)
+    eye: str | None = None  # "L" or "R", from DICOM ImageLaterality (or the other laterality tags)
     patient_id: str | None = None
     study_uid: str | None = None
     sop_instance_uid: str | None = None
@@ -170,7 +179,10 @@ def read_image(
     if isinstance(source, Image.Image):
         return _from_pil_image(source, limits)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _read_stream(io.BytesIO(bytes(source)), "<bytes>", "", limits)
+        data = bytes(source)
+        image = _read_stream(io.BytesIO(data), "<bytes>", "", limits)
+        image.sha256 = hashlib.sha256(data).hexdigest()
+        return image
     if isinstance(source, (str, os.PathLike)):
         return _read_path(os.fspath(source), limits)
     raise TypeError(f"read_image() cannot read a {type(source).__name__}")
@@ -184,7 +196,13 @@ def _read_path(path: str, limits: _Limits) -> FundusImage:
         raise ImageReadError(path, "is a directory, not an image file")
     try:
         with open(path, "rb") as f:
-            image = _read_stream(f, path, _extension(path), limits)
+            # Read once, then hash and decode the same bytes: a file swapped in between
+            # can never have its verdict stored under the other file's hash.
+            data = f.read(DEFAULT_MAX_BYTES + 1)
+        if len(data) > DEFAULT_MAX_BYTES:
+            raise ImageReadError(path, f"file is over the {DEFAULT_MAX_BYTES >> 20} MiB limit for a capture")
+        image = _read_stream(io.BytesIO(data), path, _extension(path), limits)
+        image.sha256 = hashlib.sha256(data).hexdigest()
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except PermissionError:
@@ -366,7 +384,7 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
         path=None,
         format="DICOM",
         original_size=(cols, rows),
-        laterality=_laterality(ds),
+        eye=_laterality(ds),
         patient_id=_tag_text(ds, "PatientID"),
         study_uid=_tag_text(ds, "StudyInstanceUID"),
         sop_instance_uid=_tag_text(ds, "SOPInstanceUID"),
@@ -519,3 +537,15 @@ def _finish(image: FundusImage, *, grayscale_source: bool) -> FundusImage:
     if grayscale_source or _looks_grayscale(image.pixels):
         image.warnings.append(GRAYSCALE_WARNING)
     return image
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 92, frame: tuple[int, int] = CAMERA_FRAME) -> bytes:
+    """The photo centred on a camera's black ``frame`` (width, height), as a JPEG, as cameras write them."""
+    image = Image.fromarray(rgb)
+    scale = min(frame[0] / image.width, frame[1] / image.height)
+    image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+    canvas = Image.new("RGB", frame)
+    canvas.paste(image, ((frame[0] - image.width) // 2, (frame[1] - image.height) // 2))
+    buffer = io.BytesIO()
+    canvas.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()

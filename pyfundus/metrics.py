@@ -7,7 +7,7 @@ Conventions:
   than two values: they return ``nan`` then, silently (no RuntimeWarning), so
   a per-degradation breakdown with a one-image group does not spam the log.
   Callers must treat ``nan`` as "not measurable", never as 0.
-* Class metrics take class names from ``pyfundus.grading.CLASSES``, whose
+* Class metrics take class names from ``pyfundus.verdicts.CLASSES``, whose
   order (Good, Usable, Reject) is the ordinal order quadratic weights use.
 """
 
@@ -17,7 +17,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .grading import CLASSES, Thresholds
+from .grading import Thresholds
+from .verdicts import CLASSES
 
 __all__ = [
     "accuracy",

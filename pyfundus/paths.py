@@ -1,9 +1,13 @@
-"""Where pyfundus keeps files it fetches or derives (never inside the source tree)."""
+"""Files on disk: where pyfundus keeps what it fetches or derives (never inside the source tree),
+safe file names, and content hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+_CHUNK = 1 << 20
 
 
 def cache_dir() -> Path:
@@ -22,3 +26,17 @@ def cache_dir() -> Path:
         root = base / "pyfundus"
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's content, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def safe_file_stem(name: str) -> str:
+    """``name`` with every character but letters, digits and ``-_.`` replaced by ``_``: safe in a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)

@@ -1,6 +1,6 @@
 """Training: `pyfundus train` and ``train(TrainConfig)``.
 
-The FTHNet recipe (REFERENCE.md section 1): Adam, linear warm-up then linear
+The FTHNet recipe (Gong et al., arXiv:2411.12273, and its BasiQA code): Adam, linear warm-up then linear
 annealing, smooth L1 on MOS/100, flips and random crops, an EMA of the weights,
 the hypernetwork on a smaller learning rate. Optional heads: a 3-way class head
 (cross-entropy) and a cause head that predicts each degradation cause's
@@ -30,12 +30,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .data.datasets import QualityRecord, load_records, train_val_split
-from .grading import CLASSES, Thresholds
+from .grading import Thresholds
 from .io import ImageReadError, read_image
 from .models import create_model
-from .preprocess import NoFundusError, crop_to_field_of_view, find_field_of_view, to_model_input
+from .preprocess import NoFundusError, crop_to_field_of_view, find_field_of_view, preprocess, to_model_input
 from .progress import progress_bar
-from .weights import ModelConfig, load_weights, save_weights
+from .verdicts import CAUSES, CLASSES
+from .weights import InputSpec, ModelConfig, load_weights, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,6 @@ class TrainConfig:
     eval_every: int = 200
     seed: int = 0
     device: str = "cpu"
-    input_size: int = 384
     crop_jitter: float = 0.15  # train crops take 1/(1+jitter)..1 of the field of view's side
     camera_looks: bool = False  # a fresh camera look and sensor frame per training image (see _camera_render)
     rotations: bool = False  # each training image turned by a random angle (see _rotated)
@@ -83,8 +83,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     session on a shared machine); ``resume=True`` later continues the same schedule.
     Returns the state file's path in that case.
     """
-    from .data.degrade import CAUSES
-
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -104,7 +102,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     if resume:
         start, history = _load_state(out / STATE_FILE, model, ema, optimizer)
         log.info("resuming at step %d", start)
-    loader = _BatchLoader(train_set, config, causes)
+    spec = model.input_spec
+    loader = _BatchLoader(train_set, config, causes, spec)
     best = max((h["srcc"] for h in history if not math.isnan(h["srcc"])), default=-1.0)
     model.train()
     with progress_bar(config.steps, initial=start, desc="training", unit="step", enabled=progress) as bar:
@@ -122,12 +121,12 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                metrics = {"step": step + 1, **_validate(ema, val_set, config)}
+                metrics = {"step": step + 1, **_validate(ema, val_set, config, spec)}
                 history.append(metrics)
                 bar.set_postfix(loss=f"{loss.item():.4f}", val_srcc=f"{metrics['srcc']:.3f}", val_plcc=f"{metrics['plcc']:.3f}")
                 if metrics["srcc"] > best:
                     best = metrics["srcc"]
-                    save_weights(ema, out / "best.safetensors", _model_config(config, kwargs, causes, history, None))
+                    save_weights(ema, out / "best.safetensors", _model_config(config, kwargs, spec, causes, history, None))
                 _save_state(out / STATE_FILE, model, ema, optimizer, step + 1, history)
                 (out / "metrics.json").write_text(json.dumps(history, indent=2))
                 model.train()
@@ -135,10 +134,34 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     if stop_at is not None and stop_at < config.steps:
         _save_state(out / STATE_FILE, model, ema, optimizer, stop_at, history)
         return out / STATE_FILE
-    thresholds = _calibrate(ema, val_set, config)
-    final = save_weights(ema, out / "model.safetensors", _model_config(config, kwargs, causes, history, thresholds))
+    thresholds = _calibrate(ema, val_set, config, spec)
+    final = save_weights(ema, out / "model.safetensors", _model_config(config, kwargs, spec, causes, history, thresholds))
     log.info("saved %s", final)
     return final
+
+
+def fit_classical(
+    name: str,
+    records: list[QualityRecord],
+    out_dir: str | Path,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    feature_cache: dict | None = None,
+) -> tuple[object, Path]:
+    """Fit a registered classical model (the BRISQUE baseline) on ``records`` and save ``OUT_DIR/NAME.json``.
+
+    ``feature_cache``: a dict shared between fits (evaluation rounds), so each image is measured once.
+    Returns the fitted model and the file.
+    """
+    model = create_model(name, workers=workers, feature_cache=feature_cache)
+    total = sum(r.mos is not None for r in records)
+    with progress_bar(total, desc=f"{name} features", unit="img", enabled=progress) as bar:
+        model.fit(records, workers=workers, progress=bar.update)
+    out = Path(out_dir) / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)  # so the fitted model can be re-run without refitting
+    return model, out
 
 
 def _init_from(model: torch.nn.Module, path: str) -> None:
@@ -161,8 +184,8 @@ class _BatchLoader:
     The next batch is read in a background thread while the current one trains.
     """
 
-    def __init__(self, records: list[QualityRecord], config: TrainConfig, causes: list[str]):
-        self.records, self.config, self.causes = records, config, causes
+    def __init__(self, records: list[QualityRecord], config: TrainConfig, causes: list[str], spec: InputSpec):
+        self.records, self.config, self.causes, self.spec = records, config, causes, spec
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyfundus-batch")
         self.pending: dict[int, object] = {}
         self.skipped: set[int] = set()
@@ -203,7 +226,7 @@ class _BatchLoader:
         """FOV crop (turned by a random angle with rotations), random crop of 1/(1+jitter)..1 of its side,
         resize, random flips (and camera looks)."""
         try:
-            square = _fov_square(record.path, self.config.input_size)
+            square = _fov_square(record.path, self.spec.size)
         except (ImageReadError, NoFundusError) as exc:
             if id(record) not in self.skipped:
                 self.skipped.add(id(record))
@@ -215,14 +238,14 @@ class _BatchLoader:
         crop = int(round(side / (1.0 + rng.uniform(0.0, self.config.crop_jitter))))
         y, x = rng.integers(0, side - crop + 1, size=2)
         patch = Image.fromarray(square[y : y + crop, x : x + crop])
-        patch = np.asarray(patch.resize((self.config.input_size,) * 2, Image.Resampling.BILINEAR))
+        patch = np.asarray(patch.resize((self.spec.size,) * 2, Image.Resampling.BILINEAR))
         if self.config.camera_looks:
             patch = _camera_render(patch, rng)
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
         if rng.random() < 0.5:
             patch = patch[::-1]
-        return to_model_input(np.ascontiguousarray(patch))
+        return to_model_input(np.ascontiguousarray(patch), self.spec)
 
 
 def _camera_render(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -316,18 +339,18 @@ def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 @torch.no_grad()
-def _predict(model: torch.nn.Module, records: list[QualityRecord], config: TrainConfig) -> tuple[np.ndarray, list]:
+def _predict(
+    model: torch.nn.Module, records: list[QualityRecord], config: TrainConfig, spec: InputSpec
+) -> tuple[np.ndarray, list]:
     """Scores 0-100 with the inference preprocessing (whole FOV, no crop), and the records they belong to."""
-    from .preprocess import preprocess
-
     model.eval()
     scores, kept = [], []
     for start in range(0, len(records), 16):
         batch, batch_records = [], []
         for record in records[start : start + 16]:
             try:
-                rgb = read_image(record.path, min_side=config.input_size).pixels
-                batch.append(preprocess(rgb, config.input_size)[0])
+                rgb = read_image(record.path, min_side=spec.size).pixels
+                batch.append(preprocess(rgb, spec)[0])
                 batch_records.append(record)
             except (ImageReadError, NoFundusError):
                 continue
@@ -340,11 +363,11 @@ def _predict(model: torch.nn.Module, records: list[QualityRecord], config: Train
     return np.asarray(scores), kept
 
 
-def _validate(model, records, config) -> dict:
+def _validate(model, records, config, spec) -> dict:
     from .metrics import plcc, rmse, srcc
 
     started = time.perf_counter()
-    scores, kept = _predict(model, records, config)
+    scores, kept = _predict(model, records, config, spec)
     targets = np.asarray([r.mos for r in kept])
     return {
         "srcc": float(srcc(scores, targets)),
@@ -355,11 +378,11 @@ def _validate(model, records, config) -> dict:
     }
 
 
-def _calibrate(model, records, config) -> Thresholds | None:
+def _calibrate(model, records, config, spec) -> Thresholds | None:
     """Class thresholds fitted on the validation images; None when they carry no classes."""
     from .metrics import calibrate_thresholds
 
-    scores, kept = _predict(model, records, config)
+    scores, kept = _predict(model, records, config, spec)
     labelled = [(s, r.level) for s, r in zip(scores, kept) if r.level]
     if len({level for _, level in labelled}) < 3:
         log.warning("validation data lacks some classes: keeping the default thresholds (uncalibrated)")
@@ -367,10 +390,11 @@ def _calibrate(model, records, config) -> Thresholds | None:
     return calibrate_thresholds(np.array([s for s, _ in labelled]), [level for _, level in labelled])
 
 
-def _model_config(config, kwargs, causes, history, thresholds) -> ModelConfig:
+def _model_config(config, kwargs, spec, causes, history, thresholds) -> ModelConfig:
     return ModelConfig(
         arch=config.model,
         arch_kwargs=kwargs,
+        input=spec,
         thresholds=thresholds or Thresholds(),
         trained=True,
         causes=causes,

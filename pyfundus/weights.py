@@ -15,6 +15,46 @@ from .grading import Thresholds
 METADATA_KEY = "pyfundus"
 FORMAT_VERSION = 1
 
+# ImageNet statistics: FTHNet normalises its input as its Swin backbone was pretrained (Gong et al.).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+CROPS = ("field_of_view",)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model's input contract, stored with its weights (as timm's ``pretrained_cfg``).
+
+    ``crop``: "field_of_view" finds the retina's circle, crops the square around it and
+    blacks out the corners (pyfundus.preprocess). Then the square is resized to
+    ``size`` x ``size``, scaled to [0, 1] and normalised per channel with ``mean``/``std``.
+    """
+
+    size: int = 384
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop: str = "field_of_view"
+
+    def __post_init__(self):
+        if self.size < 16:
+            raise ValueError(f"input size must be at least 16 px, got {self.size}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"mean and std need three values each, std positive; got {self.mean}, {self.std}")
+        if self.crop not in CROPS:
+            raise ValueError(f"unknown crop {self.crop!r}; known: {', '.join(CROPS)}")
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "mean": list(self.mean), "std": list(self.std), "crop": self.crop}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "InputSpec":
+        return cls(
+            size=int(data["size"]),
+            mean=tuple(float(x) for x in data.get("mean", IMAGENET_MEAN)),
+            std=tuple(float(x) for x in data.get("std", IMAGENET_STD)),
+            crop=data.get("crop", "field_of_view"),
+        )
+
 
 @dataclass
 class ModelConfig:
@@ -22,6 +62,9 @@ class ModelConfig:
 
     arch: str
     arch_kwargs: dict = field(default_factory=dict)
+    # None until the network is built: files written before the contract was stored get the
+    # architecture's own (``network.input_spec``), which is what they were trained with.
+    input: InputSpec | None = None
     thresholds: Thresholds = field(default_factory=Thresholds)
     trained: bool = False
     causes: list[str] = field(default_factory=list)  # names of the cause head's outputs, in order
@@ -34,6 +77,7 @@ class ModelConfig:
                 "format_version": FORMAT_VERSION,
                 "arch": self.arch,
                 "arch_kwargs": self.arch_kwargs,
+                "input": None if self.input is None else self.input.to_dict(),
                 "thresholds": self.thresholds.to_dict(),
                 "trained": self.trained,
                 "causes": self.causes,
@@ -50,6 +94,7 @@ class ModelConfig:
         return cls(
             arch=data["arch"],
             arch_kwargs=data.get("arch_kwargs", {}),
+            input=InputSpec.from_dict(data["input"]) if data.get("input") else None,
             thresholds=Thresholds.from_dict(data.get("thresholds", {})),
             trained=bool(data.get("trained", False)),
             causes=list(data.get("causes", [])),

@@ -76,10 +76,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     model = load_model(args.model)
-    reference_means = channel_means(field_square(args.reference, model.input_size))
+    reference_means = channel_means(field_square(args.reference, model.input.size))
     table: dict[str, dict[str, float | None]] = {}
     for photo in args.photos:
-        images = probes(field_square(photo, model.input_size), reference_means)
+        images = probes(field_square(photo, model.input.size), reference_means)
         results = model.score(list(images.values()), workers=1)
         table[Path(photo).name] = {name: r.score for name, r in zip(images, results)}
     if args.json:

@@ -39,8 +39,8 @@ class BrightnessScorer:
         self._lock = threading.Lock()
 
     def score(self, paths: Sequence[str], *, batch_size: int = 8) -> list:
-        from pyfundus.api import ScoreResult
         from pyfundus.io import ImageReadError, read_image
+        from pyfundus.verdicts import ScoreResult
 
         results = []
         for path in paths:
@@ -60,7 +60,7 @@ class BrightnessScorer:
                 result.quality_class = "Good" if result.score >= 60 else "Usable" if result.score >= 35 else "Reject"
                 result.probabilities = {result.quality_class: 1.0}
                 result.reason = None if result.quality_class == "Good" else "exposure: stub reason"
-                result.laterality, result.patient_id = image.laterality, image.patient_id
+                result.eye, result.patient_id = image.eye, image.patient_id
                 result.study_uid, result.sop_instance_uid = image.study_uid, image.sop_instance_uid
                 result.timing_ms = {"total": 0.1}
             results.append(result)

@@ -1,19 +1,19 @@
-"""Shared by test_export.py and test_bench.py: one ONNX export per test session, real sample photos."""
+"""Shared by test_export.py and test_runtime_bench.py: one ONNX export per test session, real sample photos."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 from sample_helpers import sample_photos
 
 from pyfundus.api import load_model
 from pyfundus.cli import main
-from pyfundus.export import runtimes, tensorrt
+from pyfundus.export import runtimes
 
 # Real photos of different cameras and formats (the DICOM is a Topcon capture).
 PARITY_SAMPLES = ("skimage_retina.png", "CHASEDB1_08L.png", "HRF_04_g.jpg", "issue_3.dcm")
@@ -21,9 +21,10 @@ PARITY_SAMPLES = ("skimage_retina.png", "CHASEDB1_08L.png", "HRF_04_g.jpg", "iss
 
 def export_extra(module: str):
     """The export extra is part of the test extra: in CI a missing package fails instead of skipping."""
-    if os.environ.get("CI") == "true":
+    try:
         return importlib.import_module(module)
-    return pytest.importorskip(module, reason="needs the export extra: pip install -e '.[export]'")
+    except ImportError as exc:
+        skip_or_fail(f"needs the export extra: pip install -e '.[export]' ({exc})")
 
 
 def default_model():
@@ -38,8 +39,7 @@ def export_cache(tmp_path_factory):
     folder = tmp_path_factory.getbasetemp() / "pyfundus-export-cache"
     folder.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(runtimes, "cache_dir", lambda: folder)
-        patch.setattr(tensorrt, "cache_dir", lambda: folder)
+        patch.setattr(runtimes, "cache_dir", lambda: folder)  # ONNX exports and TensorRT engines
         yield folder
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+from conftest import skip_or_fail
 
 from pyfundus.data.samples import sample_paths
 
@@ -14,6 +13,4 @@ def sample_photos() -> list[Path]:
     try:
         return sample_paths()
     except FileNotFoundError as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{exc} (CI=true: the samples must be fetched in CI)", pytrace=False)
-        pytest.skip(str(exc))
+        skip_or_fail(str(exc))

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import pytest
 from daemon_helpers import LedgerView, dicom_bytes, jpeg_bytes, wait_for, write
-from ops_helpers import WAIT, bright_png, dark_png, running
+from live_daemon import WAIT, bright_png, dark_png, running
 
 from pyfundus.daemon.alerts import AlertChannel, DesktopAlert, WebhookAlert
-from pyfundus.daemon.cli import VerdictPrinter
 from pyfundus.daemon.config import WatchConfig, load_config
 from pyfundus.daemon.errors import ConfigError
 from pyfundus.daemon.logs import Redactor
 from pyfundus.daemon.records import Verdict
+from pyfundus.daemon.sinks import VerdictPrinter
 
 HELPER = Path(__file__).with_name("daemon_helpers.py")
 DARK_SEED = 10  # a dark DICOM: graded Reject by the stub scorer

@@ -12,12 +12,12 @@ import skimage.data
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVR
 
-from pyfundus.api import ScoreResult
 from pyfundus.data.datasets import QualityRecord
 from pyfundus.grading import Thresholds
 from pyfundus.metrics import srcc
 from pyfundus.models import brisque
 from pyfundus.models.brisque import N_FEATURES, BrisqueSVR, brisque_features, mscn
+from pyfundus.verdicts import ScoreResult
 
 MSCN_VARIANCE = 1  # index of the scale-1 GGD variance in the feature vector
 SMALL = 320  # side of the synthetic training photos: small keeps the tests fast

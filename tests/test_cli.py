@@ -16,9 +16,10 @@ from skimage import data as skdata
 
 import pyfundus
 import pyfundus.api
-from pyfundus.api import ScoreResult, UntrainedModelWarning, load_model
+from pyfundus.api import UntrainedModelWarning, load_model
 from pyfundus.cli import expand_paths, main
 from pyfundus.grading import Thresholds
+from pyfundus.verdicts import ScoreResult
 from pyfundus.weights import ModelConfig, load_weights, save_weights
 
 OPHTHALMIC_PHOTOGRAPHY_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
@@ -96,7 +97,7 @@ def test_score_folder_json(captures):
         assert record["class"] in ("Good", "Usable", "Reject")
         assert abs(sum(record["probabilities"].values()) - 1) < 1e-6
         assert {"path", "score", "class", "probabilities", "error"} <= set(record)
-    assert records["b_capture.dcm"]["laterality"] == "R"
+    assert records["b_capture.dcm"]["eye"] == "R"
     assert records["b_capture.dcm"]["patient_id"] == "PAT-001"
     assert "truncated" in records["c_truncated.jpg"]["error"]
     assert "c_truncated.jpg" in records["c_truncated.jpg"]["error"]

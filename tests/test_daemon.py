@@ -22,11 +22,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterator
 
+import cv2
+import numpy as np
 import pytest
 from daemon_helpers import (
     BrightnessScorer,
@@ -41,17 +44,18 @@ from daemon_helpers import (
 )
 from watchdog.events import FileSystemEventHandler
 
+from pyfundus.api import UntrainedModelWarning, load_model
 from pyfundus.daemon import scoring, watcher
 from pyfundus.daemon.cli import main as daemon_main
 from pyfundus.daemon.config import CONFIG_KEYS, WatchConfig, load_config
 from pyfundus.daemon.errors import ConfigError, LedgerError, StartupError
-from pyfundus.daemon.export import COLUMNS
 from pyfundus.daemon.ledger import Ledger
 from pyfundus.daemon.records import FileStat, Verdict
 from pyfundus.daemon.scoring import load_scorer
 from pyfundus.daemon.service import INTERRUPTED_TWICE, Daemon
 from pyfundus.daemon.watcher import native_observer
 from pyfundus.grading import Thresholds
+from pyfundus.verdicts import CSV_COLUMNS
 
 # Short timings so the suite is quick; the defaults are for clinic cameras. No operator page: its
 # fixed default port would make daemons run side by side collide (test_web.py covers it).
@@ -446,7 +450,7 @@ def test_results_export_json_and_csv(tmp_path, capsys):
     out = tmp_path / "verdicts.csv"
     assert daemon_main(["results", "export", "--state-dir", state, "--format", "csv", "-o", str(out)]) == 0
     header, *rows = out.read_text().splitlines()
-    assert header.split(",") == list(COLUMNS) and len(rows) == 2
+    assert header.split(",") == list(CSV_COLUMNS) and len(rows) == 2
     assert daemon_main(["results", "export", "--state-dir", str(tmp_path / "nowhere")]) == 2
     assert "no ledger" in capsys.readouterr().err
 
@@ -623,7 +627,8 @@ def test_precision_and_compile_come_from_the_file_and_reach_the_model(tmp_path, 
 
     monkeypatch.setattr("pyfundus.api.load_model", fake_load_model)
     load_scorer(None, "cpu", "torch", precision="bf16", compile=True)
-    assert loaded[-1] == {"device": "cpu", "backend": "torch", "precision": "bf16", "compile": True}
+    assert loaded[-1] == {"device": "cpu", "backend": "torch", "precision": "bf16", "compile": True,
+                          "thresholds": {"reject_below": None, "good_from": None}}  # fmt: skip
     assert scored == [1, 2]  # warmed up for one image and for batches: no capture waits on a compile
     scored.clear()
     load_scorer(None, "cpu")
@@ -636,6 +641,23 @@ def test_compile_with_another_backend_is_a_startup_error():
 
 
 # ---- the real model -------------------------------------------------------------------
+
+
+def test_an_untrained_model_in_the_daemon_does_not_silence_later_models(caplog):
+    """The daemon says "untrained" once, in its log, for its own model; it must not turn the warning off
+    for every model the process loads later (it once did, with a process-wide warnings filter)."""
+    disc = np.zeros((256, 256, 3), np.uint8)
+    cv2.circle(disc, (128, 128), 110, (170, 80, 40), -1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UntrainedModelWarning)  # the daemon's own model must not warn per batch
+        scorer = load_scorer("fthnet_l", "cpu")  # no shipped weights: untrained
+        assert scorer.score([disc])[0].trained is False
+    assert "NO trained weights" in caplog.text
+    with pytest.warns(UntrainedModelWarning, match="meaningless"):
+        load_model("fthnet_s", pretrained=False).score([disc])
+    with pytest.warns(UntrainedModelWarning):
+        scorer.warn_untrained = True  # the attribute, not a filter, is what kept it quiet
+        scorer.score([disc])
 
 
 def test_a_site_can_move_the_models_thresholds():

@@ -9,7 +9,7 @@ from sample_helpers import sample_photos
 
 from pyfundus import load_model
 from pyfundus.api import WEIGHTS_DIR
-from pyfundus.data.degrade import CAUSES
+from pyfundus.verdicts import CAUSES
 
 # Undegraded photos from public research datasets: four trained on, HRF_07_dr held for validation, and the DRIVE
 # pair from a camera never seen in training.

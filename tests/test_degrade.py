@@ -13,8 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyfundus.data.degrade import (
-    ACTIONS,
-    CAUSES,
     COFE_CODES,
     DEGRADATIONS,
     TYPES,
@@ -30,6 +28,7 @@ from pyfundus.data.degrade import (
     replay,
 )
 from pyfundus.preprocess import find_field_of_view
+from pyfundus.verdicts import ACTIONS, CAUSES
 
 SIDE = 512
 STRENGTHS = (0.0, 0.25, 0.5, 0.75, 1.0)

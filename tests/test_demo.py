@@ -10,7 +10,8 @@ import time
 
 from daemon_helpers import BrightnessScorer
 
-from pyfundus.daemon.demo import FRAME, captures, run_demo
+from pyfundus.daemon.demo import captures, run_demo
+from pyfundus.io import CAMERA_FRAME
 
 VERDICT_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d  (IMG_\d{4}\.(?:jpg|dcm)) ", re.MULTILINE)
 
@@ -23,7 +24,7 @@ def test_camera_writes_2304x1728_jpegs_both_ways():
     assert {capture.chunked for _, capture in first} == {True, False}
     for _, capture in first:
         image = Image.open(io.BytesIO(capture.data))
-        assert image.format == "JPEG" and image.size == FRAME
+        assert image.format == "JPEG" and image.size == CAMERA_FRAME
     assert len({capture.data for _, capture in first}) == 4
 
 

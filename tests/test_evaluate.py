@@ -26,7 +26,8 @@ from pyfundus.evaluate import (
     summarise,
     write_report,
 )
-from pyfundus.grading import CLASSES, Thresholds
+from pyfundus.grading import Thresholds
+from pyfundus.verdicts import CLASSES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

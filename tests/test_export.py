@@ -13,14 +13,16 @@ from export_helpers import cli_fp32_export, default_model, export_cache, export_
 
 from pyfundus.api import UntrainedModelWarning, load_model
 from pyfundus.cli import main
-from pyfundus.data.degrade import CAUSES
 from pyfundus.data.synth import generate_fundus
 from pyfundus.export import runtimes, tensorrt
 from pyfundus.export.onnx import DEFAULT_OPSET, FP32_OPS, STANDARD_DOMAINS, read_metadata
 from pyfundus.export.runtimes import PARITY_TOLERANCE, OrtRuntime, TorchRuntime, onnx_for, parity
 from pyfundus.io import read_image
 from pyfundus.ops.window_attention import shifted_window_mask
-from pyfundus.preprocess import MEAN, STD, preprocess
+from pyfundus.paths import sha256_file
+from pyfundus.preprocess import preprocess
+from pyfundus.verdicts import CAUSES
+from pyfundus.weights import IMAGENET_MEAN, IMAGENET_STD
 
 onnx = export_extra("onnx")
 ort = export_extra("onnxruntime")
@@ -52,12 +54,12 @@ def fp16_file(cache, model, fp32_file):
 @pytest.fixture(scope="module")
 def photos():
     """Real sample photos, preprocessed: a (4, 3, 384, 384) batch."""
-    batch = [preprocess(read_image(path, min_side=384).pixels, 384)[0] for path in parity_samples()]
+    batch = [preprocess(read_image(path, min_side=384).pixels)[0] for path in parity_samples()]
     return torch.from_numpy(np.stack(batch))
 
 
 def _synthetic_batch() -> torch.Tensor:
-    fundi = [preprocess(generate_fundus(seed, size=512)[0], 384)[0] for seed in range(2)]
+    fundi = [preprocess(generate_fundus(seed, size=512)[0])[0] for seed in range(2)]
     noise = torch.randn(1, 3, 384, 384, generator=torch.Generator().manual_seed(1))
     return torch.cat([torch.from_numpy(np.stack(fundi)), noise])
 
@@ -115,7 +117,7 @@ def test_onnx_metadata_describes_the_model(fp32_file, fp16_file, model):
         assert json.loads(meta["thresholds"]) == model.config.thresholds.to_dict()
         normalisation = json.loads(meta["input"])
         assert normalisation["size"] == 384
-        assert normalisation["mean"] == list(MEAN) and normalisation["std"] == list(STD)
+        assert normalisation["mean"] == list(IMAGENET_MEAN) and normalisation["std"] == list(IMAGENET_STD)
         assert json.loads(meta["config"])["arch"] == "fthnet_s"
         assert json.loads(meta["outputs"]) == ["quality", "cause_logits"]
         assert json.loads(meta["config"])["causes"] == list(CAUSES)
@@ -167,13 +169,18 @@ def test_torch_compile_bf16_on_cpu_matches_eager(model, photos):
     assert np.abs(got - expected).max() < PARITY_TOLERANCE["bf16"], (got, expected)
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
     assert runtimes.cpu_has_native_bf16(str(cpuinfo)) is False  # AVX-512 alone converts, it does not compute bf16
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_tile\n")
     assert runtimes.cpu_has_native_bf16(str(cpuinfo)) is True
     assert runtimes.cpu_has_native_bf16(str(tmp_path / "missing")) is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")  # oneDNN capped below bf16 emulates it
+    assert runtimes.cpu_has_native_bf16(str(cpuinfo)) is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    assert runtimes.cpu_has_native_bf16(str(cpuinfo)) is True
 
 
 def _fixed_latencies(ms_by_runtime: dict[str, float]):
@@ -224,7 +231,7 @@ def test_auto_on_cpu_times_the_verified_candidates_and_picks_the_fastest(fp32_fi
 def test_exported_file_loads_and_scores_on_its_own(fp32_file, capsys):
     exported = load_model(fp32_file)  # the .onnx alone: config and thresholds from its metadata
     assert exported.network is None and exported.backend == "onnxruntime"
-    assert exported.name == "fthnet_s" and exported.trained is True and exported.input_size == 384
+    assert exported.name == "fthnet_s" and exported.trained is True and exported.input.size == 384
     with pytest.raises(ValueError, match="runs with backend 'onnxruntime'"):
         load_model(fp32_file, backend="torch")
     sample = str(parity_samples()[0])
@@ -243,7 +250,7 @@ def _fake_engine(tmp_path, **target):
                                **target})  # fmt: skip
     info = tensorrt.EngineInfo(
         target=built, precision="fp16", batch=(1, 8, 32), workspace_gib=4.0, strongly_typed=False,
-        engine_sha256=tensorrt._sha256(engine), onnx_sha256="0" * 64, fingerprint="f" * 64, model="fthnet_s",
+        engine_sha256=sha256_file(engine), onnx_sha256="0" * 64, fingerprint="f" * 64, model="fthnet_s",
     )  # fmt: skip
     tensorrt.sidecar_path(engine).write_text(info.to_json())
     return engine, tensorrt.EngineInfo.load(tensorrt.sidecar_path(engine))
@@ -319,7 +326,7 @@ def test_engine_builds_runs_and_matches_torch(tmp_path, cache, model, photos):
     engine = tmp_path / "m.engine"
     info = tensorrt.build_engine(onnx_path, engine, precision="fp16", device=device, batch=(1, 4, 8))
     assert info.target == tensorrt.Target.current(device)
-    runtime = tensorrt.TensorRTRuntime(engine, device)
+    runtime = runtimes.TensorRTRuntime(engine, device)
     assert parity(runtime, default_model().network.to(device), photos) < PARITY_TOLERANCE["fp16"]
 
 

@@ -99,7 +99,7 @@ def test_real_fundus_round_trips_through_each_format(tmp_path, retina, fmt, suff
     assert image.pixels.flags.c_contiguous
     assert np.abs(image.pixels.astype(int) - retina).mean() <= tolerance
     assert image.warnings == []
-    assert image.laterality is image.patient_id is image.sop_instance_uid is None
+    assert image.eye is image.patient_id is image.sop_instance_uid is None
 
 
 def test_format_comes_from_content_not_extension(tmp_path):
@@ -518,7 +518,7 @@ def test_dicom_uncompressed_rgb_with_identity_tags(tmp_path, fundus_small):
     assert np.array_equal(image.pixels, fundus_small)
     assert image.pixels.flags.c_contiguous
     assert image.original_size == (320, 320)
-    assert image.laterality == "L"
+    assert image.eye == "L"
     assert image.patient_id == "PAT-0042"
     assert image.study_uid == study
     assert image.sop_instance_uid == pydicom.dcmread(path).SOPInstanceUID
@@ -537,7 +537,7 @@ def test_dicom_jpeg_baseline_ybr(tmp_path, fundus_small):
     assert image.pixels.shape == (320, 320, 3)
     # Converted to RGB: close to the source, not left in YCbCr.
     assert np.abs(image.pixels.astype(int) - fundus_small).mean() < 3
-    assert image.laterality == "R"
+    assert image.eye == "R"
 
 
 def test_dicom_monochrome2_warns(tmp_path, fundus_small):
@@ -585,7 +585,7 @@ def test_dicom_laterality_falls_back_and_normalises(tmp_path, fundus_small):
         "c": {"ImageLaterality": "U"},  # unpaired organ: no eye
     }
     found = {
-        name: read_image(_dicom_file(tmp_path / name, fundus_small, **tags)).laterality
+        name: read_image(_dicom_file(tmp_path / name, fundus_small, **tags)).eye
         for name, tags in cases.items()
     }
     assert found == {"a": "R", "b": "L", "c": None}
@@ -614,7 +614,7 @@ def test_preamble_less_dicom_with_dcm_extension(tmp_path):
     # MONOCHROME1 is inverted; 12 stored bits are scaled by 4095, not the data range.
     expected = 255 - np.rint(_twelve_bit_ramp() * (255 / 4095)).astype(np.uint8)
     assert np.array_equal(image.pixels[..., 0], expected)
-    assert image.laterality == "R" and image.patient_id == "OLD-7"
+    assert image.eye == "R" and image.patient_id == "OLD-7"
     assert GRAYSCALE_WARNING in image.warnings
 
 

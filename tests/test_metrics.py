@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as sklearn_metrics
 
-from pyfundus.grading import CLASSES, Thresholds
+from pyfundus.grading import Thresholds
 from pyfundus.metrics import (
     accuracy,
     calibrate_thresholds,
@@ -20,6 +20,7 @@ from pyfundus.metrics import (
     rmse,
     srcc,
 )
+from pyfundus.verdicts import CLASSES
 
 
 @pytest.fixture

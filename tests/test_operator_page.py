@@ -9,19 +9,18 @@ landing. Without chromium/chromedriver the test skips, except in CI
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 
 import pytest
+from conftest import skip_or_fail
 from daemon_helpers import png_bytes, write
 from web_helpers import serving
 
-# The stub scorer imports pyfundus.api (torch, the reader) on its first capture; the real daemon does so while
+# The stub scorer imports the reader (PIL, pydicom) on its first capture; the real daemon does so while
 # loading its model at start-up. Imported here so the first capture's timing is not an import's.
-import pyfundus.api  # noqa: F401
+import pyfundus.io  # noqa: F401
 
-IN_CI = os.environ.get("CI") == "true"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 RETAKE_WITHIN = 1.0  # seconds from the capture landing in the folder to the banner on screen
@@ -37,9 +36,7 @@ def browser():
         missing.append("selenium (pip)")
     if missing:
         message = f"{', '.join(missing)} not installed (apt-get install chromium chromium-driver; pip install selenium)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail(message)
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()

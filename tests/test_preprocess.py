@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
+from conftest import skip_or_fail
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pyfundus.data.samples import sample_paths
 from pyfundus.io import read_image
 from pyfundus.preprocess import (
-    MEAN,
-    STD,
     FieldOfView,
     NoFundusError,
     crop_to_field_of_view,
@@ -24,6 +22,9 @@ from pyfundus.preprocess import (
     preprocess,
     to_model_input,
 )
+from pyfundus.weights import IMAGENET_MEAN as MEAN
+from pyfundus.weights import IMAGENET_STD as STD
+from pyfundus.weights import InputSpec
 
 
 @pytest.fixture(scope="module")
@@ -419,9 +420,7 @@ except FileNotFoundError as exc:
 
 def _need_samples() -> None:
     if SAMPLES_MISSING:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{SAMPLES_MISSING} (CI=true: the samples must be fetched in CI)", pytrace=False)
-        pytest.skip(SAMPLES_MISSING)
+        skip_or_fail(SAMPLES_MISSING)
 
 
 @pytest.mark.parametrize(
@@ -522,7 +521,7 @@ def test_to_model_input_normalises_with_imagenet_statistics():
 def test_preprocess_reuses_a_given_fov_and_size():
     image = draw_fundus(432, 576, 288.0, 216.0, 200.0)
     fov = FieldOfView(288.0, 216.0, 200.0, "threshold", False)
-    tensor, returned = preprocess(image, 224, fov=fov)
+    tensor, returned = preprocess(image, InputSpec(size=224), fov=fov)
     assert returned is fov
     assert tensor.shape == (3, 224, 224)
     # Same result as cropping and normalising by hand.

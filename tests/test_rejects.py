@@ -10,7 +10,7 @@ import sqlite3
 
 import pytest
 from daemon_helpers import sha256, wait_for, write
-from ops_helpers import WAIT, bright_png, dark_png, running
+from live_daemon import WAIT, bright_png, dark_png, running
 
 from pyfundus.daemon.config import WatchConfig
 from pyfundus.daemon.errors import ConfigError

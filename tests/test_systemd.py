@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from daemon_helpers import write
-from ops_helpers import dark_png, running
+from live_daemon import dark_png, running
 
 from pyfundus.daemon.systemd import UNIT_FILE, Notifier
 

@@ -16,9 +16,10 @@ from typing import Iterable, Literal, Sequence
 
 import numpy as np
 
-from ..grading import CLASSES
+from ..verdicts import CLASSES
 
-# EyeQ's documented coding (REFERENCE.md section 5): 0 Good, 1 Usable, 2 Reject.
+# EyeQ's documented coding (Fu et al., "Evaluation of retinal image quality assessment networks in
+# different color-spaces", MICCAI 2019): 0 Good, 1 Usable, 2 Reject.
 EYEQ_LEVELS = {0: "Good", 1: "Usable", 2: "Reject"}
 # Our own tables number the classes in CLASSES order; pass this to load_fqs for them.
 PYFUNDUS_LEVELS = dict(enumerate(CLASSES))
@@ -38,7 +39,7 @@ def load_fqs(table: str | Path, image_dir: str | Path, level_names: dict[int, st
     """FQS labels: CSV or XLSX with file_name, meanOpinionScore and qualityLevel.
 
     FQS does not document which qualityLevel number means which class, so the
-    numbers are mapped only when ``level_names`` says how (REFERENCE.md section 2).
+    numbers are mapped only when ``level_names`` says how (Gong et al., arXiv:2411.12273).
     """
     rows = _read_table(table)
     _require_columns(table, rows, ("file_name", "meanOpinionScore"))

@@ -4,7 +4,7 @@ Turns a clean fundus photograph into a realistic poor capture and records every
 random number it drew, so that :func:`replay` regenerates the degraded image
 bit-exactly (the published cofe-Net replay script cannot replay its spots;
 here spot centres, radii and kernels are all in the record). Each step also
-carries a *cause* the operator can act on (:data:`CAUSES`, :data:`ACTIONS`)
+carries a *cause* the operator can act on (``pyfundus.verdicts.CAUSES``)
 and a *severity*: how much it harms gradability.
 
 Every type is a :class:`Degradation` with ``draw(rng, shape, strength) ->
@@ -67,10 +67,9 @@ import cv2
 import numpy as np
 
 from ..preprocess import FieldOfView, find_field_of_view
+from ..verdicts import CAUSES
 
 __all__ = [
-    "ACTIONS",
-    "CAUSES",
     "COFE_CODES",
     "DEGRADATIONS",
     "TYPES",
@@ -91,16 +90,6 @@ Params = dict[str, Any]
 Shape = tuple[int, int]
 Step = dict[str, Any]
 
-CAUSES = ("blur", "illumination", "artefacts", "haze", "exposure", "occlusion", "framing")
-ACTIONS: dict[str, str] = {
-    "blur": "refocus and hold still",
-    "illumination": "re-align with the pupil; dilate if the pupil is small",
-    "artefacts": "clean the lens; retake",
-    "haze": "media opacity suspected: note for the grader",
-    "exposure": "adjust flash/exposure",
-    "occlusion": "ask the patient to open wide; lift the lid",
-    "framing": "centre the optic disc/macula in view",
-}
 # cofe-Net codes as its generator reads them: last digit illumination, middle
 # spots, first blur ('001' = illumination only, '111' = all three).
 COFE_CODES = ("001", "010", "011", "100", "101", "110", "111")

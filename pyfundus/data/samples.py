@@ -13,7 +13,6 @@ pyfundus fetches these files on the user's machine and ships none of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -29,7 +28,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ..paths import cache_dir
+from ..paths import cache_dir, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +211,7 @@ def _is_complete(folder: Path) -> bool:
             return False
         for entry in entries:
             path = folder / entry["name"]
-            if not path.is_file() or _sha256(path) != entry["sha256"]:
+            if not path.is_file() or sha256_file(path) != entry["sha256"]:
                 logger.info("%s is missing or changed; re-fetching", path)
                 return False
     except FileNotFoundError:
@@ -281,16 +280,8 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _verify_sha256(path: Path, expected: str) -> None:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != expected:
         raise ChecksumMismatchError(
             f"{path.name} has sha256 {actual}, expected {expected}; nothing was extracted"
@@ -377,7 +368,7 @@ def _sniff_format(path: Path) -> str:
 def _entry(path: Path, provenance: Provenance, package: str, version: str, fetched_on: str) -> dict[str, Any]:
     return {
         "name": path.name,
-        "sha256": _sha256(path),
+        "sha256": sha256_file(path),
         "size": path.stat().st_size,
         "format": _sniff_format(path),
         "dataset": provenance.dataset,

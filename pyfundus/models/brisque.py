@@ -40,6 +40,8 @@ from ..grading import Thresholds
 from ..io import FundusImage, ImageReadError, read_image, source_name
 from ..metrics import calibrate_thresholds, plcc, rmse, srcc
 from ..preprocess import FieldOfView, NoFundusError, crop_to_field_of_view, find_field_of_view
+from ..verdicts import ScoreResult
+from .registry import register_model
 
 __all__ = ["FEATURE_SIZE", "N_FEATURES", "BrisqueSVR", "brisque_features", "mscn"]
 
@@ -382,6 +384,11 @@ class BrisqueSVR:
     def trained(self) -> bool:
         return self._svr is not None
 
+    @property
+    def backend_description(self) -> str:
+        """As QualityModel's: what computes the score."""
+        return f"BRISQUE features + RBF SVR (numpy, CPU, {self.workers} feature process(es))"
+
     def __repr__(self) -> str:
         return f"BrisqueSVR(size={self.size}, {'fitted' if self.trained else 'not fitted'})"
 
@@ -465,9 +472,6 @@ class BrisqueSVR:
         ``progress`` is called with the number of images finished after each ``batch_size`` of them.
         ``workers``: feature-extraction processes (default: the model's ``workers``).
         """
-        # Imported here: pyfundus.api pulls in torch, which feature workers must not pay for.
-        from ..api import ScoreResult
-
         svr = self._require_fitted()
         items = list(inputs)
         results: list[ScoreResult] = []
@@ -617,3 +621,9 @@ def _fit_info(
         cv = {"srcc": srcc(oof, data.mos), "plcc": plcc(oof, data.mos), "rmse": rmse(oof, data.mos)}
         info["cv"] = {k: (v if np.isfinite(v) else None) for k, v in cv.items()}  # JSON has no NaN
     return info
+
+
+@register_model(classical=True)
+def brisque(**kwargs) -> BrisqueSVR:
+    """The BRISQUE baseline, not yet fitted: ``pyfundus train --model brisque`` fits and saves one."""
+    return BrisqueSVR(**kwargs)

@@ -1,7 +1,8 @@
 """FTHNet: fundus image quality assessment with a transformer backbone and a hypernetwork.
 
 Gong et al., "Acquire precise and comparable fundus image quality score: FTHNet
-and FQS dataset". The parts, as in the paper (see shared/REFERENCE.md, section 1):
+and FQS dataset" (arXiv:2411.12273, 2024; Scientific Reports 2025,
+doi:10.1038/s41598-025-24423-8). The parts, as in the paper:
 
 * a Swin-style backbone on a 384x384 image: 4x4 patch embedding, four stages of
   (shifted-)window attention blocks on 96, 48, 24 and 12 token grids, patch
@@ -31,6 +32,7 @@ from torch import Tensor, nn
 
 from ..ops.softpool import softpool2d
 from ..ops.window_attention import shifted_window_mask, window_attention
+from ..weights import InputSpec
 from .registry import register_model
 
 __all__ = ["FTHNet", "fthnet_s", "fthnet_l"]
@@ -284,6 +286,7 @@ class FTHNet(nn.Module):
         if grids[-1] * 2**3 * patch_size != img_size or grids[-1] % window_size:
             raise ValueError(f"img_size {img_size} does not give whole {window_size}x{window_size} windows at every stage")
         self.img_size = img_size
+        self.input_spec = InputSpec(size=img_size)  # the contract a saved model carries (pyfundus.weights)
         dims = [embed_dim * 2**i for i in range(4)]
         self.patch_embed = nn.Conv2d(3, embed_dim, kernel_size=patch_size, stride=patch_size)
         self.patch_norm = nn.LayerNorm(embed_dim)

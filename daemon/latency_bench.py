@@ -8,7 +8,7 @@ returned to the moment its verdict reached the outputs, which happens right
 after the ledger commit. Both clocks are this process's ``time.monotonic()``.
 
 Rows (a list of dicts, also printed as a table by ``python -m
-pyfundus.daemon.bench``):
+pyfundus.daemon.latency_bench``):
 
 - ``native``: ``count`` captures, one every ``interval_s``, inotify events.
   ``first_ms`` is the very first capture after start-up (cold model).
@@ -74,10 +74,9 @@ class _Clock:
 def camera_frames(count: int = FRAME_COUNT) -> list[bytes]:
     """Distinct 2304x1728 JPEGs of synthetic fundi, as the camera would save them."""
     from pyfundus.data.synth import generate_fundus
+    from pyfundus.io import encode_jpeg
 
-    from .demo import frame_jpeg
-
-    return [frame_jpeg(generate_fundus(seed, size=768)[0]) for seed in range(count)]
+    return [encode_jpeg(generate_fundus(seed, size=768)[0]) for seed in range(count)]
 
 
 def unique_jpeg(frame: bytes, n: int) -> bytes:
@@ -249,7 +248,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pyfundus.daemon.bench",
+        prog="python -m pyfundus.daemon.latency_bench",
         description="Daemon latency: close-write of a 2304x1728 JPEG -> committed verdict.",
     )
     parser.add_argument("--model", help="registered model or .safetensors file (default: the shipped model)")

@@ -1,8 +1,13 @@
 """``pyfundus bench``: latency and throughput of every runtime backend, model-only and end-to-end.
 
-For each backend variant available here (torch eager fp32 and bf16 autocast, torch.compile,
-ONNX Runtime fp32/fp16, and on CUDA torch fp16/bf16, CUDA graphs, TensorRT) and each batch
-size, a few warm-up calls and then timed calls of ``QualityModel.predict`` (the model and
+Two sweeps. The quick one (the default, at most about 2 minutes on two cores) answers "how
+fast is this here": batch 1, short time boxes, and only the variants that make sense on this
+machine (torch fp32, ONNX Runtime fp32 when installed, bf16 only where the CPU computes it
+natively; fp16 and CUDA graphs on a GPU). The full one (``full=True``, ``pyfundus bench
+--full``) times every variant (torch eager fp32 and bf16 autocast, torch.compile, ONNX Runtime
+fp32/fp16, and on CUDA torch fp16/bf16, CUDA graphs, TensorRT) at batches 1, 8 and 32.
+
+Each row: a few warm-up calls and then timed calls of ``QualityModel.predict`` (the model and
 the runtime, preprocessing excluded) until ``iters`` calls or the time box is used up.
 The end-to-end row times ``QualityModel.score`` on a 2304x1728 JPEG on disk at batch 1:
 read, decode, field-of-view crop, resize, normalise, the model, grading: the daemon's path.
@@ -30,18 +35,43 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import __version__
 from .ops._ext import cpu_kernels
+from .version import __version__
 
 ROW_KEYS = ("backend", "precision", "device", "batch", "mode", "p50_ms", "p95_ms", "p99_ms", "images_per_s")
-DEFAULT_BATCHES = (1, 8, 32)
 MIN_ITERS = 3  # below this p95/p99 mean nothing; the time box never cuts a row shorter
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """How much to time: which batches, how many calls at most and for how long per row."""
+
+    batches: tuple[int, ...]
+    iters: int
+    time_box: float
+    warmup: int = 2
+
+
+QUICK = Sweep(batches=(1,), iters=20, time_box=4.0)
+FULL = Sweep(batches=(1, 8, 32), iters=50, time_box=20.0)
 
 
 @dataclass(frozen=True)
 class Variant:
     backend: str  # torch, torch.compile, torch+graphs, onnxruntime, tensorrt
     precision: str
+
+
+def quick_variants(device: torch.device) -> list[Variant]:
+    """The variants worth a first look on ``device``: no compiling, no emulated precisions."""
+    from .export.runtimes import cpu_has_native_bf16
+
+    if device.type == "cuda":
+        return [Variant("torch", "fp32"), Variant("torch", "fp16"), Variant("torch+graphs", "fp16"),
+                Variant("tensorrt", "fp16")]  # fmt: skip
+    # bf16 without native instructions is emulated: several times slower than fp32, not worth timing.
+    bf16 = [Variant("torch", "bf16")] if cpu_has_native_bf16() else []
+    return [Variant("torch", "fp32"), *bf16, Variant("onnxruntime", "fp32")]
 
 
 def variants(device: torch.device) -> list[Variant]:
@@ -62,54 +92,102 @@ def run_bench(
     model: str | None = None,
     *,
     device: str = "cpu",
+    full: bool = False,
     backends: list[str] | None = None,
     precisions: list[str] | None = None,
-    batches: tuple[int, ...] = DEFAULT_BATCHES,
-    iters: int = 50,
-    warmup: int = 2,
-    time_box: float = 20.0,
+    batches: tuple[int, ...] | None = None,
+    iters: int | None = None,
+    warmup: int | None = None,
+    time_box: float | None = None,
     end_to_end: bool = True,
     threads: int | None = None,
     log=None,
 ) -> list[dict[str, Any]]:
-    """Time each variant; returns one dict per (variant, batch, mode), skipped variants with ``error`` set."""
-    from .api import UntrainedModelWarning, _resolve_device
+    """Time each variant; returns one dict per (variant, batch, mode), skipped variants with ``error`` set.
+
+    ``full``: every variant at batches 1, 8 and 32 with 20 s time boxes (else the quick sweep).
+    The other arguments narrow or override the sweep. ``log`` gets one line per step, each with
+    the step number, the total and the time left (an estimate from the steps so far).
+    """
+    from .api import UntrainedModelWarning
+    from .export.runtimes import resolve_device
 
     log = log or (lambda message: print(f"bench: {message}", file=sys.stderr, flush=True))
-    torch_device = _resolve_device(device)
+    sweep = FULL if full else QUICK
+    sweep = Sweep(
+        batches=tuple(batches or sweep.batches),
+        iters=iters or sweep.iters,
+        time_box=sweep.time_box if time_box is None else time_box,
+        warmup=sweep.warmup if warmup is None else warmup,
+    )
+    torch_device = resolve_device(device)
     chosen = [
-        v for v in variants(torch_device)
+        v for v in (variants(torch_device) if full or backends else quick_variants(torch_device))
         if (not backends or v.backend in backends) and (not precisions or v.precision in precisions)
     ]  # fmt: skip
+    progress = _Progress(len(chosen) * (len(sweep.batches) + int(end_to_end)), log)
     rows: list[dict[str, Any]] = []
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="pyfundus-bench-") as workspace:
         warnings.simplefilter("ignore", UntrainedModelWarning)
         jpeg = _capture_jpeg(Path(workspace)) if end_to_end else None
-        sample = _model_input(jpeg) if jpeg else torch.randn(3, 384, 384)
         for variant in chosen:
             common = {"backend": variant.backend, "precision": variant.precision, "device": str(torch_device)}
+            name = f"{variant.backend} {variant.precision}"
+            progress.say(f"{name}: loading")
             try:
                 quality = _load(model, variant, torch_device, threads)
             except Exception as exc:  # not installed, not supported here: a row that says so
-                log(f"{variant.backend} {variant.precision}: skipped ({exc})")
+                progress.skip(len(sweep.batches) + int(end_to_end), f"{name}: skipped ({exc})")
                 rows.append({**common, "mode": "model", "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            for batch in batches:
+            sample = _model_input(jpeg, quality) if jpeg else torch.randn(3, quality.input.size, quality.input.size)
+            for batch in sweep.batches:
                 inputs = sample.unsqueeze(0).expand(batch, -1, -1, -1).contiguous()
-                log(f"{variant.backend} {variant.precision} batch {batch}: timing the model")
-                stats = _time(lambda: quality.predict(inputs), batch, iters, warmup, time_box, torch_device)
+                progress.step(f"{name} batch {batch}: timing the model")
+                stats = _time(lambda: quality.predict(inputs), batch, sweep, torch_device)
                 rows.append({**common, "batch": batch, "mode": "model", **stats})
             if jpeg:
-                log(f"{variant.backend} {variant.precision}: timing end to end from a 2304x1728 JPEG")
+                progress.step(f"{name}: timing end to end from a 2304x1728 JPEG")
                 stages: list[dict[str, float]] = []
                 stats = _time(
                     lambda: stages.append(quality.score([str(jpeg)], batch_size=1)[0].timing_ms),
-                    1, iters, warmup, time_box, torch_device,
+                    1, sweep, torch_device,
                 )  # fmt: skip
-                rows.append({**common, "batch": 1, "mode": "end-to-end", **stats, **_stage_medians(stages[warmup:])})
+                rows.append(
+                    {**common, "batch": 1, "mode": "end-to-end", **stats, **_stage_medians(stages[sweep.warmup :])}
+                )
             quality = None  # free this runtime before the next one loads
+    progress.say(f"done in {progress.elapsed():.0f} s")
     _add_speedups(rows)
     return rows
+
+
+class _Progress:
+    """The overall progress line: step k of n, time so far, and an estimate of the time left."""
+
+    def __init__(self, total: int, log) -> None:
+        self.total, self.done, self.log = total, 0, log
+        self.started = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def say(self, message: str) -> None:
+        self.log(f"[{self.done}/{self.total}, {self.elapsed():.0f} s{self._left()}] {message}")
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        self.say(message)
+
+    def skip(self, steps: int, message: str) -> None:
+        self.total -= steps
+        self.say(message)
+
+    def _left(self) -> str:
+        if self.done <= 1:
+            return ""
+        per_step = self.elapsed() / (self.done - 1)  # steps before this one are finished
+        return f", about {per_step * (self.total - self.done + 1):.0f} s left"
 
 
 def header(model: str | None, device: str, threads: int | None) -> dict[str, Any]:
@@ -172,11 +250,12 @@ def _load(model: str | None, variant: Variant, device: torch.device, threads: in
     return quality
 
 
-def _time(call, batch: int, iters: int, warmup: int, time_box: float, device: torch.device) -> dict[str, Any]:
+def _time(call, batch: int, sweep: Sweep, device: torch.device) -> dict[str, Any]:
     # The first warm-up call carries the one-off costs (torch.compile compiling for this shape,
     # allocator growth, lazy initialisation): reported apart, never in the percentiles.
     first_call_ms = None
-    for i in range(warmup):
+    iters, time_box = sweep.iters, sweep.time_box
+    for i in range(sweep.warmup):
         t0 = time.perf_counter()
         call()
         if i == 0:
@@ -224,19 +303,19 @@ def _add_speedups(rows: list[dict[str, Any]]) -> None:
 
 def _capture_jpeg(folder: Path) -> Path:
     """A 2304x1728 JPEG of a synthetic fundus, framed as a camera saves it."""
-    from .daemon.demo import frame_jpeg
     from .data.synth import generate_fundus
+    from .io import encode_jpeg
 
     path = folder / "capture.jpg"
-    path.write_bytes(frame_jpeg(generate_fundus(0, size=768)[0]))
+    path.write_bytes(encode_jpeg(generate_fundus(0, size=768)[0]))
     return path
 
 
-def _model_input(jpeg: Path) -> torch.Tensor:
+def _model_input(jpeg: Path, model: Any) -> torch.Tensor:
     from .io import read_image
     from .preprocess import preprocess
 
-    tensor, _ = preprocess(read_image(jpeg, min_side=384).pixels, 384)
+    tensor, _ = preprocess(read_image(jpeg, min_side=model.input.size).pixels, model.input)
     return torch.from_numpy(tensor)
 
 

@@ -1,15 +1,16 @@
-"""pyfundus bench: well-formed rows from a real (tiny) run, speed-ups, and the --daemon hook."""
+"""pyfundus bench: well-formed rows from a real (tiny) run, speed-ups, the quick default sweep."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
+import torch
 from export_helpers import cli_fp32_export, default_model, export_cache, export_extra
 
-from pyfundus.bench import ROW_KEYS, _add_speedups, format_table
 from pyfundus.cli import main
+from pyfundus.runtime_bench import ROW_KEYS, _add_speedups, format_table
+from pyfundus.weights import InputSpec
 
 export_extra("onnxruntime")  # the bench runs the onnxruntime backend
 
@@ -70,7 +71,7 @@ def test_speedups_are_against_torch_fp32_of_the_same_batch_and_mode():
 
 
 def test_unavailable_backend_becomes_a_skipped_row(monkeypatch):
-    from pyfundus import bench
+    from pyfundus import runtime_bench as bench
     from pyfundus.export import runtimes
 
     def missing():
@@ -82,8 +83,40 @@ def test_unavailable_backend_becomes_a_skipped_row(monkeypatch):
                      "error": "ImportError: no onnxruntime here"}]  # fmt: skip
 
 
-def test_daemon_flag_without_the_daemon_bench_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "pyfundus.daemon.bench", None)  # as if the module were absent
-    monkeypatch.setattr("pyfundus.bench.run_bench", lambda *a, **k: [])
-    assert main(["bench", "--daemon", "--json"]) == 2
-    assert "--daemon needs pyfundus.daemon.bench.run_daemon_bench" in capsys.readouterr().err
+def test_the_default_sweep_is_quick_and_says_how_far_it_is(monkeypatch):
+    """No options: batch 1, short rows, only the variants that make sense on this machine; a progress line
+    per step with the step number, the total and the time left. (Its speed is measured in benchmarks,
+    not here: this checks what it times and what it says.)"""
+    from pyfundus import runtime_bench as bench
+    from pyfundus.export import runtimes
+
+    timed = []
+
+    def fake_time(call, batch, sweep, device):
+        timed.append((batch, sweep.time_box, sweep.iters))
+        return {"p50_ms": 10.0, "p95_ms": 11.0, "p99_ms": 12.0, "mean_ms": 10.0, "images_per_s": 100.0,
+                "iters": 3, "peak_mem_mb": 1.0, "first_call_ms": 20.0}  # fmt: skip
+
+    class Loaded:  # what each variant loads: no model needed to check what is timed
+        input = InputSpec()
+
+    monkeypatch.setattr(bench, "_load", lambda model, variant, device, threads: Loaded())
+    monkeypatch.setattr(bench, "_model_input", lambda jpeg, model: torch.zeros(3, 384, 384))
+    monkeypatch.setattr(bench, "_time", fake_time)
+    monkeypatch.setattr(bench, "_stage_medians", lambda stages: {})
+    for native_bf16 in (False, True):
+        monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: native_bf16)
+        lines: list[str] = []
+        timed.clear()
+        rows = bench.run_bench(log=lines.append)
+        variants = {(r["backend"], r["precision"]) for r in rows}
+        expected = {("torch", "fp32"), ("onnxruntime", "fp32")} | ({("torch", "bf16")} if native_bf16 else set())
+        assert variants == expected  # never torch.compile, never emulated bf16
+        assert {r["batch"] for r in rows} == {1} and {r["mode"] for r in rows} == {"model", "end-to-end"}
+        assert timed and all(t == (1, bench.QUICK.time_box, bench.QUICK.iters) for t in timed)
+        steps = [line for line in lines if "timing" in line]
+        assert len(steps) == 2 * len(expected)
+        assert steps[0].startswith(f"[1/{len(steps)},") and steps[-1].startswith(f"[{len(steps)}/{len(steps)},")
+        assert "s left]" in steps[-1] and lines[-1].startswith(f"[{len(steps)}/{len(steps)},")
+    full = {(v.backend, v.precision) for v in bench.variants(torch.device("cpu"))}
+    assert ("torch.compile", "fp32") in full and bench.FULL.batches == (1, 8, 32)

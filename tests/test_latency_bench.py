@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from daemon_helpers import BrightnessScorer
 
-from pyfundus.daemon.bench import format_table, run_daemon_bench, unique_jpeg
 from pyfundus.daemon.config import WatchConfig
+from pyfundus.daemon.latency_bench import format_table, run_daemon_bench, unique_jpeg
 
 
 def test_unique_jpeg_changes_the_bytes_not_the_pixels():
@@ -14,9 +14,9 @@ def test_unique_jpeg_changes_the_bytes_not_the_pixels():
     import numpy as np
     from PIL import Image
 
-    from pyfundus.daemon.demo import frame_jpeg
+    from pyfundus.io import encode_jpeg
 
-    frame = frame_jpeg(np.full((64, 64, 3), 120, np.uint8))
+    frame = encode_jpeg(np.full((64, 64, 3), 120, np.uint8))
     a, b = unique_jpeg(frame, 1), unique_jpeg(frame, 2)
     assert a != b != frame
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(a))), np.asarray(Image.open(io.BytesIO(frame))))
@@ -44,7 +44,7 @@ def test_close_write_and_moves_from_outside_skip_the_waits(tmp_path):
     import time
 
     from daemon_helpers import png_bytes, write
-    from ops_helpers import running
+    from live_daemon import running
 
     slow = dict(debounce=3.0, settle=3.0, incomplete_grace=6.0)  # any wait would show
     (tmp_path / "outside").mkdir()
