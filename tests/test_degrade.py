@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyfundus.data.degrade import (
+    BLUR_ALLOWANCE,
     COFE_CODES,
     DEGRADATIONS,
     TYPES,
@@ -88,6 +89,9 @@ MEASURES = {
     "eyelid_shadow": (mean_luma, -1),
     "eyelash_shadow": (mean_luma, -1),
     "small_pupil": (mean_luma, -1),
+    "partial_shadow": (mean_luma, -1),
+    "vignetting": (mean_luma, -1),
+    "glare": (mean_luma, +1),
     "off_centre": (lit_pixels, -1),
     "illumination": (change, +1),
     "spots": (change, +1),
@@ -331,3 +335,38 @@ def test_bad_inputs_are_refused(retina: np.ndarray, mask: np.ndarray) -> None:
         replay(retina, record)
     with pytest.raises(ValueError, match="record is for"):
         replay(retina[:256], record, mask[:256])
+
+
+def test_blur_within_the_camera_allowance_costs_nothing() -> None:
+    """A camera's own softness (up to BLUR_ALLOWANCE px at 512) is not a defect; blur beyond it is."""
+    shape = (SIDE, SIDE)
+    unit = SIDE / 512
+    gentle = DEGRADATIONS["blur"].severity({"sigma": 0.9 * BLUR_ALLOWANCE * unit, "ksize": [9, 9]}, shape)
+    beyond = DEGRADATIONS["blur"].severity({"sigma": 3.0 * BLUR_ALLOWANCE * unit, "ksize": [25, 25]}, shape)
+    assert gentle == 0.0 and 0.3 < beyond < 1.0
+    short = DEGRADATIONS["motion_blur"].severity({"length": 3.0 * unit, "angle": 0.4}, shape)
+    long = DEGRADATIONS["motion_blur"].severity({"length": 20.0 * unit, "angle": 0.4}, shape)
+    bent = DEGRADATIONS["motion_blur"].severity({"length": 20.0 * unit, "angle": 0.4, "turn": 1.0}, shape)
+    assert short == 0.0 and 0 < bent < long  # a bent stroke spreads less than a straight one as long
+
+
+@pytest.mark.parametrize("name", ["partial_shadow", "vignetting", "glare"])
+def test_the_widened_families_vary_in_direction_and_place(retina: np.ndarray, mask: np.ndarray, name: str) -> None:
+    """Shadows, vignetting and glare come from many directions and places, not one."""
+    centroids = []
+    for seed in range(8):
+        out, _ = run(retina, mask, name, 0.7, seed=seed)
+        diff = np.abs(out.astype(np.float32) - (retina * mask[..., None]).astype(np.float32)).sum(axis=2)
+        ys, xs = np.nonzero(diff > np.percentile(diff[mask], 90))
+        centroids.append((xs.mean(), ys.mean()))
+    spread = np.std(np.asarray(centroids), axis=0).max()
+    assert spread > 0.05 * SIDE, centroids
+
+
+def test_motion_blur_varies_in_length_angle_and_path() -> None:
+    steps = [draw_step("motion_blur", np.random.default_rng(seed), (SIDE, SIDE), 0.8) for seed in range(30)]
+    angles = [step["params"]["angle"] for step in steps]
+    assert max(angles) - min(angles) > 2.0  # radians, of pi
+    assert 5 <= sum(step["params"]["turn"] != 0 for step in steps) <= 25  # some strokes bend
+    lengths = [draw_step("motion_blur", np.random.default_rng(0), (SIDE, SIDE), s)["params"]["length"] for s in (0.3, 1)]
+    assert lengths[1] > 3 * lengths[0]

@@ -1,5 +1,6 @@
 """Datasets, splits, the proxy builder and a smoke training run (tiny model, a few steps)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from PIL import Image
 
 from pyfundus.api import load_model
+from pyfundus.data.camera import Camera
 from pyfundus.data.datasets import (
     PYFUNDUS_LEVELS,
     load_eyeq,
@@ -15,8 +17,8 @@ from pyfundus.data.datasets import (
     load_fqs,
     split_records,
 )
-from pyfundus.data.degrade import DegradationRecord, replay
-from pyfundus.data.proxy import BASE_QUALITY, Look, Source, _load_source, build_proxy, proxy_mos
+from pyfundus.data.degrade import BLUR_ALLOWANCE, DegradationRecord, replay
+from pyfundus.data.proxy import BASE_QUALITY, Source, _load_source, build_proxy, proxy_mos
 from pyfundus.train import TrainConfig, _camera_render, _rotated, train
 from pyfundus.weights import load_weights
 
@@ -43,13 +45,13 @@ def test_proxy_layout_and_exact_regeneration(proxy_dir):
     for record in records:
         assert record.path.exists() and 0 <= record.mos <= 100 * BASE_QUALITY + 1e-6
         assert record.level in ("Good", "Usable", "Reject")
-    # Every image regenerates bit-exactly from its source, its camera look and its recorded draw.
+    # Every image regenerates bit-exactly from its source, its camera and its recorded draw.
     lines = [json.loads(line) for line in (proxy_dir / "degradations.jsonl").read_text().splitlines()]
     for line in lines[:6]:
         source = Source("x", synth_seed=line["source"]["synthetic_seed"])
-        look = Look(tuple(line["look"]["gains"]), line["look"]["gamma"], line["look"]["saturation"])
-        assert look != Look()
-        rebuilt = replay(look.apply(_load_source(source)), DegradationRecord.from_json(json.dumps(line["record"])))
+        camera = Camera.from_dict(line["camera"])
+        assert camera != Camera()
+        rebuilt = replay(camera.render(_load_source(source)), DegradationRecord.from_json(json.dumps(line["record"])))
         on_disk = np.asarray(Image.open(proxy_dir / "images" / line["file_name"]))
         assert np.array_equal(rebuilt, on_disk)
         severities = [step["severity"] for step in line["record"]["steps"]]
@@ -57,16 +59,19 @@ def test_proxy_layout_and_exact_regeneration(proxy_dir):
         assert row.mos == pytest.approx(proxy_mos(severities), abs=0.01)
 
 
-def test_camera_look_keeps_black_and_stays_mild():
+def test_camera_keeps_black_and_stays_mild():
     clean = _load_source(Source("x", synth_seed=11))
     rng = np.random.default_rng(0)
     for _ in range(20):
-        rendered = Look.draw(rng).apply(clean)
+        camera = dataclasses.replace(Camera.draw(rng), frame_cut=(0.0, 0.0))  # the frame is tested below
+        rendered = camera.render(clean)
         assert np.array_equal(rendered[clean.max(axis=2) == 0], clean[clean.max(axis=2) == 0])
         inside = clean.max(axis=2) > 20
         ratio = rendered[inside].mean() / clean[inside].mean()
-        assert 0.7 < ratio < 1.35  # a camera's rendering, not an exposure defect
-    assert np.array_equal(Look().apply(clean), clean)
+        assert 0.75 < ratio < 1.3  # a camera's rendering (its auto-exposure), not an exposure defect
+        assert camera.softness <= BLUR_ALLOWANCE  # within what the blur labels allow a camera
+    assert np.array_equal(Camera().render(clean), clean)
+    assert Camera.from_dict(json.loads(json.dumps(camera.to_dict()))) == camera
 
 
 def test_training_camera_render_keeps_the_fundus_and_cuts_a_sensor_frame():

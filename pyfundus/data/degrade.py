@@ -19,32 +19,40 @@ mask is applied once, at the end (as cofe-Net does).
 
 Types, causes and severity mappings (severity in [0, 1], computed from the
 params; "vessel contrast" is the contrast a Gaussian vessel profile of
-std 1.5 px at 512 (a small vessel) keeps under a Gaussian blur of std sigma:
-``1.5 / hypot(1.5, sigma)``; severity = 1 - kept contrast):
+std 1.5 px at 512 (a small vessel) keeps under a Gaussian blur of std sigma
+beyond the camera allowance: ``1.5 / hypot(1.5, sqrt(sigma^2 - a^2))`` with
+``a = BLUR_ALLOWANCE`` (1.2 px at 512, 0.9 px at the model's 384); severity =
+1 - kept contrast). The allowances are what a grader accepts as a camera's own
+rendering at the model's input size (pyfundus.data.camera draws renderings
+inside them): a little softness, a flatter or brighter tone curve. Severity
+counts only what goes beyond them, so a soft but clean camera is not "blurred".
 
 ==============  ============  ==========================================================
 type            cause         severity
 ==============  ============  ==========================================================
-illumination    illumination  1 - (1-s_colour)(1-s_halo)(1-s_hole): contrast loss + 0.5
-                              |log2 brightness| + 0.25 saturation loss; halo up to 0.35
-                              as its inner edge reaches into the field; dark hole up to
-                              0.7 by depth and area
+illumination    illumination  1 - (1-s_colour)(1-s_halo)(1-s_hole): contrast loss below
+                              0.85 + 0.5 |log2 brightness| beyond 0.1 + 0.25 saturation
+                              loss below 0.85; halo up to 0.35 as its inner edge reaches
+                              into the field; dark hole up to 0.7 by depth and area
 spots           artefacts     brightness-weighted spot area / 15 % of the FOV area
 blur            blur          vessel contrast lost, sigma = std of the kernel actually
                               used (the published 1-7 px kernels cap it near 0.4)
 defocus         blur          vessel contrast lost, sigma = disc radius / 2
-motion_blur     blur          vessel contrast lost, sigma = length / sqrt(12) / sqrt(2)
-                              (orientation-averaged)
+motion_blur     blur          vessel contrast lost, sigma = the PSF's orientation-averaged
+                              std (length / sqrt(12) / sqrt(2) for a straight stroke)
 haze            haze          1 - (mean veil transmission over the FOV x vessel contrast
                               kept by its scatter blur)
-underexposure   exposure      stops lost at a mid-tone (0.4) / 3 stops
-overexposure    exposure      rise of a green mid-tone (0.35) / its headroom: 1 when it clips
+underexposure   exposure      stops lost at a mid-tone (0.4) beyond 0.3, / 2.7 stops
+overexposure    exposure      rise of a green mid-tone (0.35) beyond 0.05 / its headroom
 eyelash_shadow  occlusion     mean light lost over the FOV / 0.3
 eyelid_shadow   occlusion     mean light lost over the FOV / 0.4
 small_pupil     illumination  mean light lost over the FOV / 0.6
+partial_shadow  illumination  mean light lost over the FOV / 0.5
+vignetting      illumination  mean light lost over the FOV / 0.45
+glare           artefacts     mean added light over the FOV / 0.12
 off_centre      framing       (FOV fraction cut off by the frame + light lost) / 0.35
 jpeg            artefacts     (45 - quality) / 50
-noise           artefacts     noise std at a mid-tone / 0.1
+noise           artefacts     noise std at a mid-tone / 0.12
 ==============  ============  ==========================================================
 
 The divisors are the amounts at which a grader would typically reject the
@@ -100,6 +108,9 @@ _VESSEL_STD = 1.5  # px at 512: the std of a small vessel's cross-profile
 _MID_TONE = 0.4  # typical fundus luminance inside the FOV
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601, as PIL's "L"
 _SEVERITY_SIDE = 96  # raster on which spatial severities are integrated
+# Optical softness a grader accepts as the camera's own (Gaussian sigma, px at 512; 0.9 px at the
+# model's 384): blur severities count only the blur beyond it (see the module docstring).
+BLUR_ALLOWANCE = 1.2
 
 
 # ----------------------------------------------------------------------------
@@ -135,13 +146,20 @@ def _luma(img: np.ndarray) -> np.ndarray:
 
 
 def _vessel_severity(sigma: float, shape: Shape) -> float:
-    """Share of a small vessel's contrast lost to a Gaussian blur of std ``sigma``."""
-    w = _VESSEL_STD * _unit(shape)
-    return float(1 - w / math.hypot(w, sigma))
+    """Share of a small vessel's contrast lost to a Gaussian blur of std ``sigma`` beyond the camera allowance."""
+    unit = _unit(shape)
+    w = _VESSEL_STD * unit
+    beyond = math.sqrt(max(0.0, sigma * sigma - (BLUR_ALLOWANCE * unit) ** 2))
+    return float(1 - w / math.hypot(w, beyond))
 
 
 def _ratio(value: float, full: float) -> float:
     return float(min(1.0, max(0.0, value / full)))
+
+
+def _beyond(value: float, allowance: float, full: float) -> float:
+    """``value`` past a camera's ``allowance``, as a share of the way from it to ``full`` (rejection)."""
+    return _ratio(value - allowance, full - allowance)
 
 
 @dataclass(frozen=True)
@@ -340,11 +358,13 @@ class Illumination(Degradation):
 
     def severity(self, p: Params, shape: Shape) -> float:
         side = min(shape)
+        # A camera renders flatter, brighter or paler than another without harm (pyfundus.data.camera):
+        # only what goes beyond that counts.
         colour = min(
             1.0,
-            max(0.0, 1 - p["contrast"])
-            + 0.5 * abs(math.log2(p["brightness"]))
-            + 0.25 * max(0.0, 1 - p["saturation"]),
+            max(0.0, 0.85 - p["contrast"])
+            + 0.5 * max(0.0, abs(math.log2(p["brightness"])) - 0.1)
+            + 0.25 * max(0.0, 0.85 - p["saturation"]),
         )
         halo = 0.35 * p["halo_gain"] * _ratio(1 - p["halo_inner"] / side, 0.25)
         depth = -p["hole_base"] + p["hole_coef"] * _MID_TONE  # at a typical mean brightness
@@ -497,15 +517,22 @@ def _disc_kernel(radius: float) -> np.ndarray:
     return kernel / kernel.sum()
 
 
-def _line_kernel(length: float, angle: float) -> np.ndarray:
-    """Uniform motion PSF: a segment of ``length`` px at ``angle``, splatted bilinearly."""
+def _line_kernel(length: float, angle: float, turn: float = 0.0) -> np.ndarray:
+    """Motion PSF: a stroke of ``length`` px at ``angle``, its second half turned by ``turn`` (a saccade's
+    bend; 0: straight), at uniform speed, splatted bilinearly."""
     if length < 1:
         return np.ones((1, 1), np.float32)
-    half = math.ceil(length / 2)
-    size = 2 * half + 1
     t = np.linspace(-length / 2, length / 2, max(2, math.ceil(8 * length)))
-    xs = half + t * math.cos(angle)
-    ys = half - t * math.sin(angle)
+    heading = np.where(t < 0, angle, angle + turn)
+    # Integrate the direction along the path so the bend is continuous at the middle.
+    step = np.diff(t, prepend=t[0])
+    xs = np.cumsum(step * np.cos(heading))
+    ys = -np.cumsum(step * np.sin(heading))
+    xs -= (xs.max() + xs.min()) / 2
+    ys -= (ys.max() + ys.min()) / 2
+    half = math.ceil(max(np.abs(xs).max(), np.abs(ys).max())) + 1
+    size = 2 * half + 1
+    xs, ys = xs + half, ys + half
     x0 = np.floor(xs).astype(int)
     y0 = np.floor(ys).astype(int)
     fx, fy = xs - x0, ys - y0
@@ -516,6 +543,15 @@ def _line_kernel(length: float, angle: float) -> np.ndarray:
     np.add.at(kernel, (y0 + 1, x0 + 1), fx * fy)
     kernel = kernel[:size, :size]
     return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _psf_sigma(kernel: np.ndarray) -> float:
+    """Orientation-averaged std of a PSF: sqrt((var_x + var_y) / 2) from its second moments."""
+    k = kernel.astype(np.float64) / kernel.sum()
+    ys, xs = np.indices(k.shape)
+    mx, my = (k * xs).sum(), (k * ys).sum()
+    var = (k * ((xs - mx) ** 2 + (ys - my) ** 2)).sum()
+    return float(math.sqrt(var / 2))
 
 
 class Defocus(Degradation):
@@ -535,7 +571,8 @@ class Defocus(Degradation):
 
 
 class MotionBlur(Degradation):
-    """Eye or camera movement during the flash: a line kernel of 24 s^1.5 px at a random angle."""
+    """Eye or camera movement during the flash: a stroke of 30 s^1.4 px (at 512) at a random angle; on 40 % of
+    draws the stroke bends by up to 70 degrees halfway (a saccade's curve)."""
 
     name = "motion_blur"
     cause = "blur"
@@ -543,13 +580,14 @@ class MotionBlur(Degradation):
     def draw(self, rng: np.random.Generator, shape: Shape, strength: float | None) -> Params:
         s = self._strength(strength)
         angle = float(rng.uniform(0, math.pi))
-        return {"length": 24 * s**1.5 * _unit(shape), "angle": angle}
+        bent, turn = rng.uniform() < 0.4, float(rng.uniform(-1.2, 1.2))
+        return {"length": 30 * s**1.4 * _unit(shape), "angle": angle, "turn": turn if bent else 0.0}
 
     def apply(self, img: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
-        return cv2.filter2D(img, -1, _line_kernel(p["length"], p["angle"]))
+        return cv2.filter2D(img, -1, _line_kernel(p["length"], p["angle"], p.get("turn", 0.0)))
 
     def severity(self, p: Params, shape: Shape) -> float:
-        return _vessel_severity(p["length"] / math.sqrt(12) / math.sqrt(2), shape)
+        return _vessel_severity(_psf_sigma(_line_kernel(p["length"], p["angle"], p.get("turn", 0.0))), shape)
 
 
 # ----------------------------------------------------------------------------
@@ -647,7 +685,7 @@ class Underexposure(Degradation):
 
     def severity(self, p: Params, shape: Shape) -> float:
         out = p["gain"] * _MID_TONE ** p["gamma"]
-        return _ratio(math.log2(_MID_TONE / out), 3.0)
+        return _beyond(math.log2(_MID_TONE / out), 0.3, 3.0)
 
 
 class Overexposure(Degradation):
@@ -668,7 +706,7 @@ class Overexposure(Degradation):
         # Vessels show in the green mid-tones (~0.35): the harm is how far they
         # are pushed towards white, where contrast is lost to clipping.
         green = 0.35
-        return _ratio(p["gain"] * green ** p["gamma"] - green, 1 - green)
+        return _beyond(p["gain"] * green ** p["gamma"] - green, 0.05, 1 - green)
 
 
 # ----------------------------------------------------------------------------
@@ -839,6 +877,151 @@ class SmallPupil(Degradation):
         return _ratio(_light_lost(shape, lambda sh, d: self._gain(sh, d, p)), 0.6)
 
 
+class PartialShadow(Degradation):
+    """A shadow across part of the field, from any direction: the iris edge or a lid far out of focus.
+
+    Most draws ("edge"): the field is dark from its rim inward along a random direction, up to a soft
+    boundary that may bend either way. The rest ("patch"): a dark soft ellipse anywhere in the field
+    (an off-axis iris shadow, a floater's shadow). Strength: the edge covers 0.1 + 0.7 s of the
+    diameter, a patch has a semi-axis of (0.25 + 0.5 s) x U(0.7, 1) radii; darkness 0.9 sqrt(s).
+    """
+
+    name = "partial_shadow"
+    cause = "illumination"
+
+    def draw(self, rng: np.random.Generator, shape: Shape, strength: float | None) -> Params:
+        s = self._strength(strength)
+        major = (0.25 + 0.5 * s) * float(rng.uniform(0.7, 1.0))
+        distance, bearing = 0.7 * math.sqrt(float(rng.uniform())), float(rng.uniform(0, 2 * math.pi))
+        return {
+            "form": "edge" if rng.uniform() < 0.7 else "patch",
+            "angle": float(rng.uniform(0, 2 * math.pi)),
+            "depth": 0.1 + 0.7 * s,  # edge: share of the diameter covered
+            "bend": float(rng.uniform(-0.6, 0.6)),
+            "centre": [distance * math.cos(bearing), distance * math.sin(bearing)],  # patch, FOV radii
+            "axes": [major, major * float(rng.uniform(0.45, 1.0))],
+            "softness": float(rng.uniform(0.15, 0.45)),  # FOV radii
+            "darkness": 0.9 * math.sqrt(s),
+            "blue_kept": float(rng.uniform(0.0, 0.4)),
+        }
+
+    @staticmethod
+    def _gain(shape: Shape, disc: _Disc, p: Params) -> np.ndarray:
+        x, y = disc.grid(shape)
+        c, s = np.float32(math.cos(p["angle"])), np.float32(math.sin(p["angle"]))
+        along, across = x * c + y * s, -x * s + y * c
+        soft = p["softness"]
+        if p["form"] == "edge":  # dark where `along` is beyond the (bent) boundary
+            boundary = 1 - 2 * p["depth"] + np.float32(p["bend"]) * across * across
+            cover = _smoothstep(-soft / 2, soft / 2, along - boundary)
+        else:
+            dx, dy = p["centre"]
+            u = ((x - np.float32(dx)) * c + (y - np.float32(dy)) * s) / np.float32(p["axes"][0])
+            v = (-(x - np.float32(dx)) * s + (y - np.float32(dy)) * c) / np.float32(p["axes"][1])
+            cover = 1 - _smoothstep(1 - soft, 1 + soft, np.sqrt(u * u + v * v))
+        return 1 - cover[..., None] * _shadow_colour(p["darkness"], p["blue_kept"])
+
+    def apply(self, img: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+        return _shade(img, self._gain(img.shape[:2], _disc_of(mask), p))
+
+    def severity(self, p: Params, shape: Shape) -> float:
+        return _ratio(_light_lost(shape, lambda sh, d: self._gain(sh, d, p)), 0.5)
+
+
+class Vignetting(Degradation):
+    """Light falling off towards the rim, unevenly: an elliptical fall-off whose centre has slid off the
+    field's (the pupil not centred in the camera's ring of light).
+
+    Strength: the fall-off starts 1 - 0.7 s radii from a centre shifted by up to 0.4 s radii in a random
+    direction, stretched to an aspect of U(0.65, 1) at a random angle, ramps over U(0.3, 0.7) radii to a
+    darkness of 0.9 sqrt(s).
+    """
+
+    name = "vignetting"
+    cause = "illumination"
+
+    def draw(self, rng: np.random.Generator, shape: Shape, strength: float | None) -> Params:
+        s = self._strength(strength)
+        shift, bearing = 0.4 * s * float(rng.uniform()), float(rng.uniform(0, 2 * math.pi))
+        return {
+            "centre": [shift * math.cos(bearing), shift * math.sin(bearing)],
+            "aspect": float(rng.uniform(0.65, 1.0)),
+            "angle": float(rng.uniform(0, math.pi)),
+            "onset": 1 - 0.7 * s,
+            "width": float(rng.uniform(0.3, 0.7)),
+            "darkness": 0.9 * math.sqrt(s),
+            "blue_kept": float(rng.uniform(0.0, 0.3)),
+        }
+
+    @staticmethod
+    def _gain(shape: Shape, disc: _Disc, p: Params) -> np.ndarray:
+        x, y = disc.grid(shape)
+        dx, dy = p["centre"]
+        c, s = np.float32(math.cos(p["angle"])), np.float32(math.sin(p["angle"]))
+        u = (x - np.float32(dx)) * c + (y - np.float32(dy)) * s
+        v = (-(x - np.float32(dx)) * s + (y - np.float32(dy)) * c) / np.float32(p["aspect"])
+        fall = _smoothstep(0.0, 1.0, (np.sqrt(u * u + v * v) - np.float32(p["onset"])) / np.float32(p["width"]))
+        return 1 - fall[..., None] * _shadow_colour(p["darkness"], p["blue_kept"])
+
+    def apply(self, img: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+        return _shade(img, self._gain(img.shape[:2], _disc_of(mask), p))
+
+    def severity(self, p: Params, shape: Shape) -> float:
+        return _ratio(_light_lost(shape, lambda sh, d: self._gain(sh, d, p)), 0.45)
+
+
+class Glare(Degradation):
+    """Reflections from the cornea or the lens: bright, washed-out blobs of any size, anywhere in the field.
+
+    1 blob, or 2 on some stronger draws; each of radius (0.06 + 0.44 s) x U(0.5, 1) FOV radii with a
+    flat core and a soft edge, anywhere within 0.85 radii of the centre, intensity (0.3 + 0.6 s) x
+    U(0.75, 1), white tinted towards blue or yellow. Blended as a screen (``1 - (1 - x)(1 - g)``): it
+    brightens and washes out the retina underneath, as reflected light does.
+    """
+
+    name = "glare"
+    cause = "artefacts"
+    _MAX = 2
+
+    def draw(self, rng: np.random.Generator, shape: Shape, strength: float | None) -> Params:
+        s = self._strength(strength)
+        blobs = []
+        for _ in range(self._MAX):
+            distance, bearing = 0.85 * math.sqrt(float(rng.uniform())), float(rng.uniform(0, 2 * math.pi))
+            blobs.append(
+                {
+                    "centre": [distance * math.cos(bearing), distance * math.sin(bearing)],
+                    "radius": (0.06 + 0.44 * s) * float(rng.uniform(0.5, 1.0)),
+                    "intensity": (0.3 + 0.6 * s) * float(rng.uniform(0.75, 1.0)),
+                    "core": float(rng.uniform(0.2, 0.6)),  # share of the radius at full intensity
+                    "tint": [float(v) for v in rng.uniform(0.85, 1.0, 3)],
+                }
+            )
+        second = rng.uniform() < 0.5 * s
+        return {"blobs": blobs[: 1 + int(second)]}
+
+    @staticmethod
+    def _light(shape: Shape, disc: _Disc, p: Params) -> np.ndarray:
+        x, y = disc.grid(shape)
+        light = np.zeros((*shape, 3), np.float32)
+        for blob in p["blobs"]:
+            dx, dy = blob["centre"]
+            rho = np.sqrt((x - np.float32(dx)) ** 2 + (y - np.float32(dy)) ** 2) / np.float32(blob["radius"])
+            profile = 1 - _smoothstep(blob["core"], 1.0, rho)
+            glow = (np.float32(blob["intensity"]) * profile)[..., None] * np.asarray(blob["tint"], np.float32)
+            light = 1 - (1 - light) * (1 - glow)
+        return light
+
+    def apply(self, img: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
+        light = self._light(img.shape[:2], _disc_of(mask), p)
+        return 1 - (1 - img) * (1 - light)
+
+    def severity(self, p: Params, shape: Shape) -> float:
+        small, disc, inside = _severity_raster(shape)
+        added = _luma(self._light(small, disc, p)) / _LUMA.sum()
+        return _ratio(float(np.mean(added[inside])), 0.12)
+
+
 # ----------------------------------------------------------------------------
 # framing
 
@@ -934,7 +1117,7 @@ class Jpeg(Degradation):
 class SensorNoise(Degradation):
     """Signal-dependent sensor noise: std sqrt(shot * x + read^2), independent per channel.
 
-    Strength: read 0.05 s, shot 0.012 s. The seed of the noise field is in the
+    Strength: read 0.1 s, shot 0.03 s (a dim capture pushed to a high gain). The seed of the noise field is in the
     params, so replay regenerates the same grain.
     """
 
@@ -943,7 +1126,7 @@ class SensorNoise(Degradation):
 
     def draw(self, rng: np.random.Generator, shape: Shape, strength: float | None) -> Params:
         s = self._strength(strength)
-        return {"read": 0.05 * s, "shot": 0.012 * s, "seed": int(rng.integers(2**63 - 1))}
+        return {"read": 0.1 * s, "shot": 0.03 * s, "seed": int(rng.integers(2**63 - 1))}
 
     def apply(self, img: np.ndarray, mask: np.ndarray, p: Params) -> np.ndarray:
         grain = np.random.default_rng(p["seed"]).standard_normal(img.shape, dtype=np.float32)
@@ -951,7 +1134,7 @@ class SensorNoise(Degradation):
         return img + std * grain
 
     def severity(self, p: Params, shape: Shape) -> float:
-        return _ratio(math.sqrt(p["shot"] * _MID_TONE + p["read"] ** 2), 0.1)
+        return _ratio(math.sqrt(p["shot"] * _MID_TONE + p["read"] ** 2), 0.12)
 
 
 # ----------------------------------------------------------------------------
@@ -965,10 +1148,13 @@ DEGRADATIONS: dict[str, Degradation] = {
         EyelidShadow(),
         EyelashShadow(),
         SmallPupil(),
+        PartialShadow(),
+        Vignetting(),
         Illumination(),
         Haze(),
         OffCentre(),
         Spots(),
+        Glare(),
         Defocus(),
         GaussianBlur(),
         MotionBlur(),

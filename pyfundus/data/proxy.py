@@ -14,14 +14,15 @@ photo scores BASE_QUALITY * 100 = 95: clean captures still vary, and FQS's best
 images sit in the 90s. The class follows from MOS with the proxy thresholds
 below, which are the definition of the label, not a calibration.
 
-Before degrading, each variant's clean source is given a random *camera look*
-(white balance, gamma, saturation: see :class:`Look`) that does
-not change its label. Cameras render the same retina in different colours; with
-few source photos, a model that never saw that spread learns "looks like my
-training photos" instead of "is degraded" and scores unfamiliar clean photos low.
+Before degrading, each variant's clean source is rendered by a random *camera*
+(:class:`pyfundus.data.camera.Camera`: colour, tone curve, optical softness and
+resolution, sharpening, rim fall-off, grain, JPEG storage, a 4:3 frame) that does
+not change its label. Cameras render the same retina differently; with few source
+photos, a model that never saw that spread learns "looks like my training
+photos" instead of "is degraded" and scores unfamiliar clean photos low.
 
-Every image is written with its look and full degradation record, so any of them
-can be regenerated exactly from its source photo.
+Every image is written with its camera and full degradation record, so any of
+them can be regenerated exactly from its source photo.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import hashlib
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -41,6 +42,7 @@ from ..grading import Thresholds
 from ..io import read_image
 from ..preprocess import crop_to_field_of_view, find_field_of_view
 from ..progress import progress_bar
+from .camera import Camera
 from .datasets import QualityRecord, write_fqs_table
 from .degrade import degrade, overall_severity
 
@@ -52,34 +54,6 @@ WORKING_SIZE = 512  # degradations run at the cofe-Net resolution
 CLEAN_FRACTION = 0.15  # default share of variants left undegraded, so "Good" is well represented
 TABLE_NAME = "labels.csv"
 RECORDS_NAME = "degradations.jsonl"
-
-
-@dataclass(frozen=True)
-class Look:
-    """A camera's rendering of a clean fundus: per-channel gain, gamma, saturation.
-
-    Ranges are those of clean captures across fundus cameras (orange to red
-    renderings, more or less blue): well inside what the exposure and colour
-    degradations do, so a look never passes for a defect.
-    """
-
-    gains: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    gamma: float = 1.0
-    saturation: float = 1.0
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator) -> "Look":
-        red, green, blue = rng.uniform(0.88, 1.12), rng.uniform(0.85, 1.15), rng.uniform(0.7, 1.3)
-        return cls((float(red), float(green), float(blue)), float(rng.uniform(0.85, 1.18)), float(rng.uniform(0.8, 1.2)))
-
-    def apply(self, img: np.ndarray) -> np.ndarray:
-        """``img`` as this camera renders it; black stays black, so the FOV is unchanged."""
-        x = img.astype(np.float32) / 255.0
-        x = x * np.asarray(self.gains, np.float32)
-        grey = x.mean(axis=2, keepdims=True)
-        x = grey + (x - grey) * self.saturation
-        x = np.clip(x, 0.0, 1.0) ** self.gamma
-        return np.round(x * 255.0).astype(np.uint8)
 
 
 def proxy_mos(severities: Sequence[float]) -> float:
@@ -108,8 +82,8 @@ def build_proxy(
 ) -> list[QualityRecord]:
     """Write ``variants`` degraded versions of each source into ``out_dir`` (FQS layout) and return the records.
 
-    ``clean_fraction`` of the variants stay undegraded; ``camera_looks`` gives each
-    variant a random camera look first (see :class:`Look`).
+    ``clean_fraction`` of the variants stay undegraded; ``camera_looks`` renders each
+    variant's clean source by a random camera first (see :class:`~pyfundus.data.camera.Camera`).
     """
     if not 0.0 <= clean_fraction <= 1.0:
         raise ValueError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
@@ -139,8 +113,8 @@ def _build_source(job) -> tuple[list[QualityRecord], list[str]]:
     for variant in range(variants):
         rng = np.random.default_rng([seed, _stable_hash(source.source_id), variant])
         keep_clean = rng.random() < clean_fraction
-        look = Look.draw(rng) if camera_looks else Look()
-        image, record = degrade(look.apply(clean), rng, types=[] if keep_clean else None)
+        camera = Camera.draw(rng) if camera_looks else Camera()
+        image, record = degrade(camera.render(clean), rng, types=[] if keep_clean else None)
         mos = proxy_mos([step["severity"] for step in record.steps])
         name = f"{source.source_id}_{variant:03d}.png"
         Image.fromarray(image).save(out_dir / "images" / name, compress_level=1)
@@ -159,7 +133,7 @@ def _build_source(job) -> tuple[list[QualityRecord], list[str]]:
                 {
                     "file_name": name,
                     "source": _describe_source(source),
-                    "look": asdict(look),
+                    "camera": camera.to_dict(),
                     "record": json.loads(record.to_json()),
                 }
             )
