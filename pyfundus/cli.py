@@ -10,6 +10,7 @@ import argparse
 import glob
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_score(commands)
     _add_calibrate(commands)
+    _add_adapt(commands)
     _add_data(commands)
     _add_train(commands)
     _add_eval(commands)
@@ -231,6 +233,110 @@ def _write_table(results, stream) -> None:
         stream.write(f"{r.path:<{width}}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}\n")
 
 
+# ---- pyfundus adapt -----------------------------------------------------------
+
+
+def _add_adapt(commands) -> None:
+    p = commands.add_parser(
+        "adapt",
+        help="teach the gate your camera from your own captures (writes a site model)",
+        description="Fine-tune the model on variants of captures your site judges good (one is enough to start; "
+        "10-30 is better), made by the degradation simulator in your camera's own look, with some of the base "
+        "training data replayed; refit the thresholds; check the result before and after on captures held back; "
+        "write a site model (refused if it grades the held-back captures worse than the base model). Then run "
+        "`pyfundus watch --model SITE.safetensors` (or map your camera to it in the config file).",
+    )
+    p.add_argument("--good", nargs="+", default=[], metavar="PATH", help="captures the site judges good (files or folders)")
+    p.add_argument("--usable", nargs="+", default=[], metavar="PATH", help="captures the site judges Usable (optional)")
+    p.add_argument("--reject", nargs="+", default=[], metavar="PATH", help="captures the site judges Reject (optional)")
+    p.add_argument("--from-ledger", type=Path, metavar="STATE_DIR",
+                   help="also the captures the operator marked on the operator page (\"Fine as it is\": good; "
+                   "\"Retake anyway\": Reject), from the daemon's state directory")  # fmt: skip
+    p.add_argument("-o", "--out", type=Path, required=True, help="the site model to write (.safetensors)")
+    p.add_argument("-m", "--model", default=None, help="the model to adapt (default: the shipped model)")
+    p.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole run (default: 20)")
+    p.add_argument("--steps", type=_positive_int, default=300, help="most optimiser steps (default: 300)")
+    p.add_argument("--tune", choices=("all", "late", "head"), default="all",
+                   help="which layers learn: all, late (the last two stages and the head) or head (default: all)")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    p.add_argument("--replay", type=float, default=0.25, help="share of each batch from replayed base data (default 0.25)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+    p.add_argument("-r", "--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same captures and settings)")
+    p.add_argument("--force", action="store_true", help="write the site model even when it checks worse than the base")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=_run_adapt)
+
+
+def _run_adapt(args) -> int:
+    from .adapt import AdaptConfig, AdaptRefused, adapt, read_captures
+
+    graded = {
+        level: [path for path, problem in expand_paths(arguments, args.recursive) if problem is None]
+        for level, arguments in (("Good", args.good), ("Usable", args.usable), ("Reject", args.reject))
+    }
+    if args.from_ledger is not None:
+        from .daemon.feedback import graded_from_ledger
+
+        try:
+            for level, paths in graded_from_ledger(args.from_ledger).items():
+                graded[level] = graded[level] + paths
+        except (FileNotFoundError, ValueError) as exc:
+            raise UsageError(str(exc)) from exc
+    if not graded["Good"]:
+        raise UsageError("give at least one capture the site judges good (--good, or --from-ledger)")
+
+    def say(message: str) -> None:
+        print(f"adapt: {message}", file=sys.stderr, flush=True)
+
+    captures = read_captures(graded, on_error=lambda message: say(f"skipped: {message}"))
+    try:
+        config = AdaptConfig(
+            out=str(args.out), base=args.model, minutes=args.minutes, steps=args.steps, tune=args.tune, lr=args.lr,
+            replay=args.replay, seed=args.seed, device=args.device, force=args.force,
+        )  # fmt: skip
+        report = adapt(captures, config, resume=args.resume, progress=not args.no_progress, say=say)
+    except AdaptRefused as exc:
+        report = json.loads(str(exc))
+        _print_adapt(report, args.json)
+        return EXIT_REFUSED
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    _print_adapt(report, args.json)
+    return 0
+
+
+EXIT_REFUSED = 3  # adapt: the site model would grade worse than the base model, so it was not written
+
+
+def _print_adapt(report: dict, as_json: bool) -> None:
+    if as_json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return
+    print(f"camera: {report['camera']}; checked on {report['checked_on']}")
+    print(f"{'':<28}{'before':>9}{'after':>9}")
+    rows = (("clean graded Good or Usable", "clean_good_or_usable", "{:.0%}"), ("clean graded Good", "clean_good", "{:.0%}"),
+            ("clean, mean score", "clean_score", "{:.1f}"), ("severe graded Reject", "severe_reject", "{:.0%}"),
+            ("within-photo SRCC", "within_photo_srcc", "{:.3f}"), ("kappa (quadratic)", "qwk", "{:.3f}"))  # fmt: skip
+    for label, key, form in rows:
+        before, after = report["before"][key], report["after"][key]
+        print(f"{label:<28}{_fmt(form, before):>9}{_fmt(form, after):>9}")
+    thresholds = report["thresholds"]
+    print(f"thresholds: Reject below {thresholds['reject_below']:g}, Good from {thresholds['good_from']:g}; "
+          f"{report['steps']} steps in {report['seconds']:.0f} s")  # fmt: skip
+    if report.get("out"):
+        print(f"written: {report['out']}  (pyfundus watch --model {report['out']} ...)")
+    else:
+        print("NOT written: the adapted model checks worse than the base model (--force writes it anyway)")
+
+
+def _fmt(form: str, value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else form.format(value)
+
+
 # ---- pyfundus data ------------------------------------------------------------
 
 
@@ -262,7 +368,8 @@ def _add_data(commands) -> None:
         "--no-camera-looks",
         dest="camera_looks",
         action="store_false",
-        help="keep each source's own colour rendering (default: a random camera look per variant)",
+        help="keep each source's own rendering (default: a random camera per variant: colour, tone curve, "
+        "optical softness and resolution, storage; label-neutral, see pyfundus.data.camera)",
     )
     proxy.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
     proxy.set_defaults(run=_run_build_proxy)
@@ -333,13 +440,15 @@ def _add_train(commands) -> None:
     p.add_argument("--ema-decay", type=float, default=0.99, help=from_defaults)
     p.add_argument("--amp", choices=("bf16", "off"), default="bf16", help=f"CPU autocast {from_defaults}")
     p.add_argument("--val-fraction", type=float, default=0.1, help=f"share of source photos held for validation {from_defaults}")
+    p.add_argument("--val-data", nargs="+", default=[], metavar="FOLDER",
+                   help="validate on these folders (FQS layout) instead of a split of --data")
     p.add_argument("--split-seed", type=int, default=0,
                    help=f"seed of the train/validation split by source photo {from_defaults}")
     p.add_argument("--eval-every", type=_positive_int, default=200, help=from_defaults)
     p.add_argument("--seed", type=int, default=0, help=from_defaults)
     p.add_argument("--device", default="cpu")
     p.add_argument("--camera-looks", action="store_true",
-                   help="give each training image a fresh random camera look and sensor frame (label-neutral)")
+                   help="render each training image by a fresh random camera each time it is drawn (label-neutral)")
     p.add_argument("--rotations", action="store_true",
                    help="turn each training image by a random angle (label-neutral), so a photo's layout does not identify it")
     p.add_argument("--init", metavar="WEIGHTS", help="start from these .safetensors weights (same architecture and heads)")
@@ -369,7 +478,8 @@ def _run_train(args) -> int:
             batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
             hyper_lr_ratio=args.hyper_lr_ratio, loss=args.loss, class_weight=args.class_weight,
             cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
-            val_fraction=args.val_fraction, split_seed=args.split_seed, eval_every=args.eval_every,
+            val_fraction=args.val_fraction, split_seed=args.split_seed, val_data=args.val_data,
+            eval_every=args.eval_every,
             seed=args.seed, device=args.device, init_from=args.init, camera_looks=args.camera_looks,
             rotations=args.rotations,
         )  # fmt: skip
@@ -386,7 +496,7 @@ def _fit_classical(args) -> int:
     from .train import fit_classical
 
     records = [record for folder in args.data for record in load_records(folder)]
-    train_set, _ = train_val_split(records, args.val_fraction, args.split_seed)
+    train_set = records if args.val_data else train_val_split(records, args.val_fraction, args.split_seed)[0]
     try:
         _, out = fit_classical(args.model, train_set, args.out, progress=not args.no_progress)
     except ValueError as exc:

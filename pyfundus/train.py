@@ -61,11 +61,12 @@ class TrainConfig:
     amp: Literal["bf16", "off"] = "bf16"
     val_fraction: float = 0.1
     split_seed: int = 0
+    val_data: list[str] = field(default_factory=list)  # validation folders instead of a split of ``data``
     eval_every: int = 200
     seed: int = 0
     device: str = "cpu"
     crop_jitter: float = 0.15  # train crops take 1/(1+jitter)..1 of the field of view's side
-    camera_looks: bool = False  # a fresh camera look and sensor frame per training image (see _camera_render)
+    camera_looks: bool = False  # a fresh random camera rendering per training image (see _camera_render)
     rotations: bool = False  # each training image turned by a random angle (see _rotated)
     init_from: str | None = None  # start from these weights (safetensors of the same architecture and heads)
 
@@ -87,7 +88,14 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True, s
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
     records = [record for folder in config.data for record in load_records(folder)]
-    train_set, val_set = train_val_split(records, config.val_fraction, config.split_seed)
+    if config.val_data:
+        train_set = records
+        val_set = [record for folder in config.val_data for record in load_records(folder)]
+        shared = {r.source_id for r in train_set} & {r.source_id for r in val_set}
+        if shared:
+            raise ValueError(f"validation data shares source photos with the training data: {sorted(shared)[:5]}")
+    else:
+        train_set, val_set = train_val_split(records, config.val_fraction, config.split_seed)
     if not train_set or not val_set:
         raise ValueError(f"{', '.join(config.data)}: need images from several source photos for a train/validation split")
     causes = list(CAUSES) if config.cause_weight > 0 else []
@@ -224,7 +232,7 @@ class _BatchLoader:
 
     def _augmented(self, record: QualityRecord, rng: np.random.Generator) -> np.ndarray | None:
         """FOV crop (turned by a random angle with rotations), random crop of 1/(1+jitter)..1 of its side,
-        resize, random flips (and camera looks)."""
+        resize, random flips (and camera renderings)."""
         try:
             square = _fov_square(record.path, self.spec.size)
         except (ImageReadError, NoFundusError) as exc:
@@ -249,25 +257,15 @@ class _BatchLoader:
 
 
 def _camera_render(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``square`` as another camera might have captured it, same label.
-
-    A fresh colour look (:class:`~pyfundus.data.proxy.Look`) every time the image
-    is drawn, and on half the draws a sensor frame that cuts the top and bottom
-    of the circle (as 4:3 sensors do: HRF, many Topcon and Canon models), nearly
-    symmetric so it does not pass for an off-centre capture. With a handful of
-    source photos, colour and frame otherwise identify the source, and the model
-    learns "looks like my training photos" instead of "is degraded".
+    """``square`` as another camera might have captured it, same label: a fresh random
+    :class:`~pyfundus.data.camera.Camera` (colour, tone, optics, storage, a 4:3 frame on half the
+    draws) every time the image is drawn. With a handful of source photos, how their cameras
+    rendered them otherwise identifies them, and the model learns "looks like my training photos"
+    instead of "is degraded".
     """
-    from .data.proxy import Look
+    from .data.camera import Camera
 
-    out = Look.draw(rng).apply(square)
-    if rng.random() < 0.5:
-        side = out.shape[0]
-        cut, tilt = rng.uniform(0.0, 0.17), rng.uniform(-0.03, 0.03)
-        top, bottom = (int(round(max(0.0, cut + d) * side)) for d in (tilt, -tilt))
-        out[:top] = 0
-        out[side - bottom :] = 0
-    return out
+    return Camera.draw(rng).render(square)
 
 
 def _rotated(square: np.ndarray, rng: np.random.Generator) -> np.ndarray:
