@@ -19,6 +19,7 @@ from .export.runtimes import Runtime, TorchRuntime, create_runtime, resolve_devi
 from .grading import Thresholds
 from .io import FundusImage, ImageReadError, read_image, source_name
 from .models import create_model, is_classical, is_model, list_models
+from .paths import sha256_file
 from .preprocess import NoFundusError, preprocess
 from .verdicts import ScoreResult, reason_for
 from .weights import InputSpec, ModelConfig, load_weights
@@ -47,7 +48,9 @@ class QualityModel:
     ``network`` is the torch module (None when loaded from an exported .onnx or .engine
     file); ``runtime`` computes the heads (torch by default, see pyfundus.export.runtimes).
     ``config.input`` is the input contract the weights were trained with (size, mean/std, crop).
-    ``warn_untrained``: whether scoring with untrained weights raises an UntrainedModelWarning.
+    ``file``: the weights or export it was loaded from (None: freshly initialised), whose sha256
+    every result records. ``warn_untrained``: whether scoring with untrained weights raises an
+    UntrainedModelWarning.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class QualityModel:
         name: str,
         device: torch.device,
         runtime: Runtime | None = None,
+        file: Path | None = None,
     ):
         if config.input is None:
             raise ValueError(f"model {name!r}: its config has no input contract (size, mean/std)")
@@ -65,6 +69,8 @@ class QualityModel:
         self.name = name
         self.device = device
         self.runtime = runtime if runtime is not None else TorchRuntime(self.network, device, "fp32")
+        self.file = file
+        self.sha256 = sha256_file(file) if file is not None else None
         self.warn_untrained = True
 
     @property
@@ -142,7 +148,9 @@ class QualityModel:
     def _prepare(self, item: Any) -> tuple[ScoreResult, np.ndarray | None]:
         """Read and preprocess one input (runs in a worker thread)."""
         path = source_name(item)
-        result = ScoreResult(path=path, model=self.name, trained=self.trained, backend=self.runtime.describe())
+        result = ScoreResult(
+            path=path, model=self.name, model_sha256=self.sha256, trained=self.trained, backend=self.runtime.describe()
+        )
         started = time.perf_counter()
         try:
             image = item if isinstance(item, FundusImage) else read_image(item, min_side=self.input.size)
@@ -156,6 +164,7 @@ class QualityModel:
             log.exception("unexpected failure while reading an image")
             return _failed(result, f"{path or 'image'}: unexpected error while reading ({type(exc).__name__}: {exc})", started)
         result.sha256 = image.sha256
+        result.camera = image.camera
         result.eye = image.eye
         result.patient_id = image.patient_id
         result.study_uid = image.study_uid
@@ -238,7 +247,8 @@ def load_model(
         return _from_export(Path(name_or_path), device, backend, thresholds, threads)
     if is_model(name_or_path):
         shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
-        if pretrained and shipped.exists():
+        file = shipped if pretrained and shipped.exists() else None
+        if file is not None:
             network, config = _from_file(shipped)
         else:
             config = ModelConfig(arch=name_or_path)
@@ -254,12 +264,12 @@ def load_model(
                 f"{name_or_path!r} is neither a registered model ({', '.join(list_models())}) nor an existing file"
             )
         network, config = _from_file(path)
-        name = path.stem
+        name, file = path.stem, path
     config.thresholds = _thresholds(config.thresholds, thresholds)
     runtime = create_runtime(
         backend or "torch", network.eval(), config, name, device, precision=precision, threads=threads, compile=compile
     )
-    return QualityModel(network, config, name, device, runtime)
+    return QualityModel(network, config, name, device, runtime, file=file)
 
 
 def _thresholds(stored: Thresholds, override: Thresholds | Mapping[str, float | None] | None) -> Thresholds:
@@ -325,7 +335,7 @@ def _from_export(
         metadata = runtime.info.onnx_metadata
     config = config_from_metadata(metadata)
     config.thresholds = _thresholds(config.thresholds, thresholds)
-    return QualityModel(None, config, metadata.get("model", path.stem), device, runtime)
+    return QualityModel(None, config, metadata.get("model", path.stem), device, runtime, file=path)
 
 
 def _as_list(inputs: Any) -> list[Any]:

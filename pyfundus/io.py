@@ -46,13 +46,16 @@ from PIL import (
 
 __all__ = [
     "CAMERA_FRAME",
+    "UNKNOWN_CAMERA",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "SUPPORTED_EXTENSIONS",
     "FundusImage",
     "ImageReadError",
+    "camera_key",
     "encode_jpeg",
     "is_probably_image",
+    "peek_camera",
     "read_image",
 ]
 
@@ -61,6 +64,8 @@ DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_BYTES = 1 << 30
 # The frame of the FQS cameras' photos (Gong et al., arXiv:2411.12273): 2304 x 1728.
 CAMERA_FRAME = (2304, 1728)
+UNKNOWN_CAMERA = "unknown"
+_EXIF_MAKE, _EXIF_MODEL = 0x010F, 0x0110
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm")
 
@@ -123,6 +128,7 @@ class FundusImage:
     original_size: tuple[int, int]
     scale: float = 1.0
     sha256: str | None = None  # of the file's bytes, exactly those decoded (None for in-memory images)
+    camera: str = UNKNOWN_CAMERA  # which camera took it (see camera_key): the gate learns each camera apart
     eye: str | None = None  # "L" or "R", from DICOM ImageLaterality (or the other laterality tags)
     patient_id: str | None = None
     study_uid: str | None = None
@@ -283,7 +289,7 @@ def _read_pil(fp: IO[bytes], fmt: str, name: str, limits: _Limits) -> FundusImag
     if oriented.size != im.size:
         width, height = height, width
     image = FundusImage(
-        pixels=pixels, path=None, format=fmt, original_size=(width, height), scale=scale
+        pixels=pixels, path=None, format=fmt, original_size=(width, height), scale=scale, camera=_exif_camera(im)
     )
     return _finish(image, grayscale_source=gray)
 
@@ -384,6 +390,9 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
         path=None,
         format="DICOM",
         original_size=(cols, rows),
+        camera=camera_key(
+            _tag_text(ds, "Manufacturer"), _tag_text(ds, "ManufacturerModelName"), _tag_text(ds, "DeviceSerialNumber")
+        ),
         eye=_laterality(ds),
         patient_id=_tag_text(ds, "PatientID"),
         study_uid=_tag_text(ds, "StudyInstanceUID"),
@@ -462,6 +471,58 @@ def _tag_text(ds, keyword: str) -> str | None:
     value = ds.get(keyword)
     text = str(value).strip() if value is not None else ""
     return text or None
+
+
+# --- camera identity ---------------------------------------------------------
+
+
+def camera_key(make: str | None, model: str | None, serial: str | None = None) -> str:
+    """The camera as one string: maker and model (and serial number when the file gives one), or "unknown".
+
+    From DICOM Manufacturer, ManufacturerModelName and DeviceSerialNumber, or EXIF Make and Model.
+    Whitespace is collapsed and the maker is not repeated when the model already starts with it
+    ("Canon" + "Canon CR-2" -> "Canon CR-2"). Identifies a device, never a patient.
+    """
+    parts = [" ".join(str(p).split()) for p in (make, model) if p and str(p).strip()]
+    if len(parts) == 2 and parts[1].lower().startswith(parts[0].lower()):
+        parts = parts[1:]
+    if not parts:
+        return UNKNOWN_CAMERA
+    key = " ".join(parts)
+    serial = " ".join(str(serial).split()) if serial else ""
+    return f"{key} #{serial}" if serial else key
+
+
+def peek_camera(path: str | os.PathLike[str]) -> str:
+    """The camera key of a file from its header alone (no pixels decoded): for routing a capture to
+    its camera's model before scoring. "unknown" when the file does not say, or cannot be read."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+            f.seek(0)
+            fmt = _sniff(head)
+            if fmt == "DICOM" or (fmt is None and _extension(path) == ".dcm"):
+                import pydicom
+
+                ds = pydicom.dcmread(f, stop_before_pixels=True, force=fmt is None)
+                return camera_key(
+                    _tag_text(ds, "Manufacturer"), _tag_text(ds, "ManufacturerModelName"),
+                    _tag_text(ds, "DeviceSerialNumber"),
+                )  # fmt: skip
+            if fmt in _PIL_PLUGINS:
+                return _exif_camera(_PIL_PLUGINS[fmt](f))
+    except Exception:  # an unreadable header says nothing about the camera; scoring reports the problem
+        return UNKNOWN_CAMERA
+    return UNKNOWN_CAMERA
+
+
+def _exif_camera(im: Image.Image) -> str:
+    try:
+        exif = im.getexif()
+    except Exception:  # a broken EXIF block must not cost the capture
+        return UNKNOWN_CAMERA
+    return camera_key(exif.get(_EXIF_MAKE), exif.get(_EXIF_MODEL))
 
 
 # --- shared helpers ----------------------------------------------------------

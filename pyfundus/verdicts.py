@@ -61,11 +61,13 @@ class ScoreResult:
     probabilities: dict[str, float] | None = None
     reason: str | None = None  # for Usable/Reject: the most likely cause and what to do about it
     causes: dict[str, float] | None = None  # predicted severity per cause, when the model has a cause head
+    camera: str | None = None  # the camera's maker and model from DICOM or EXIF ("unknown" when not said)
     eye: str | None = None  # "L" or "R" (DICOM ImageLaterality), None when the file does not say
     patient_id: str | None = None
     study_uid: str | None = None
     sop_instance_uid: str | None = None
     model: str | None = None
+    model_sha256: str | None = None  # of the model file that scored it: which weights, exactly
     trained: bool | None = None
     backend: str | None = None  # runtime, precision and device that computed the score
     timing_ms: dict[str, float] = field(default_factory=dict)
@@ -99,16 +101,17 @@ class ScoreResult:
 # The record's keys, in the order JSON output and the CSV columns follow. Fields that do not apply
 # to an output are null: ``pyfundus score`` has no first_seen, a pending ledger row has no score.
 RECORD_FIELDS = (
-    "path", "sha256", "state", "score", "class", "probabilities", "reason", "causes", "eye", "patient_id",
-    "study_uid", "sop_instance_uid", "model", "trained", "backend", "timing_ms", "warnings", "error",
+    "path", "sha256", "state", "score", "class", "probabilities", "reason", "causes", "camera", "eye", "patient_id",
+    "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "timing_ms", "warnings", "error",
     "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy",
 )  # fmt: skip
 
 # The CSV flattens the nested fields: probabilities into p_good/p_usable/p_reject, timing_ms into
 # total_ms/latency_ms, lists into ";"-joined text; causes stay in the JSON only.
 CSV_COLUMNS = (
-    "path", "sha256", "state", "score", "class", "p_good", "p_usable", "p_reject", "reason", "eye", "patient_id",
-    "study_uid", "sop_instance_uid", "model", "trained", "backend", "total_ms", "latency_ms", "warnings", "error",
+    "path", "sha256", "state", "score", "class", "p_good", "p_usable", "p_reject", "reason", "camera", "eye",
+    "patient_id", "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "total_ms",
+    "latency_ms", "warnings", "error",
     "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy",
 )  # fmt: skip
 

@@ -178,6 +178,17 @@ def load_manifest(dest: Path | None = None) -> list[dict[str, Any]]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def licence_clear_paths(dest: Path | None = None) -> list[Path]:
+    """The sample photos whose licence allows training (CC0, CC-BY), when fetched; [] when not."""
+    try:
+        entries = load_manifest(dest)
+    except FileNotFoundError:
+        return []
+    folder = _resolve(dest)
+    clear = [folder / e["name"] for e in entries if str(e.get("license", "")).upper().startswith(("CC0", "CC-BY"))]
+    return [path for path in clear if path.is_file()]
+
+
 def sample_paths(dest: Path | None = None) -> list[Path]:
     """Return the paths of all sample photos in ``dest``, in manifest order."""
     folder = _resolve(dest)
