@@ -12,8 +12,8 @@ deadline to deliver what it holds; what is left is logged as lost.
 Payload (command stdin and webhook body): the verdict as JSON, as in
 ``pyfundus results export``, plus ``"event": "pyfundus.alert"``. With
 ``alert_redact`` (the default) the file name, patient ID and DICOM UIDs are
-emptied and paths are scrubbed from messages: the webhook leaves the
-machine. The sha256 still identifies the capture in the local ledger.
+emptied and the capture's paths are scrubbed from messages (``logs.Redactor``):
+the webhook leaves the machine. The sha256 still identifies the capture in the local ledger.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any, Callable
 from pyfundus.version import __version__
 
 from .config import WatchConfig
-from .logs import Redactor
+from .logs import Redactor, file_paths, printable
 from .records import Verdict
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class DesktopAlert:
         grade = verdict.outcome
         title = "RETAKE: " if grade == "Reject" else ""
         title += f"pyfundus {grade}" + (f" {verdict.score:.0f}" if verdict.score is not None else "")
-        detail = verdict.error or verdict.reason or ""
-        body = self.names.scrub(f"{self.names.label(verdict.path)}: {detail.removeprefix(verdict.path + ': ')}")
+        detail = (verdict.error or verdict.reason or "").removeprefix(verdict.path + ": ")
+        body = printable(self.names.scrub(f"{self.names.label(verdict.path)}: {detail}", file_paths(verdict)))
         urgency = "critical" if grade in ("Reject", "Failed") else "normal"
         try:
             done = subprocess.run(

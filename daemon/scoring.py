@@ -266,7 +266,4 @@ class ScoringWorker(threading.Thread):
         self._commit([])
         for _, verdict in self._unsaved:
             # Last resort: the log (stderr included) is the only place left. The hash identifies the file.
-            record = verdict.to_dict()
-            if self.names.enabled:
-                record["patient_id"] = record["path"] = record["duplicate_of"] = None
-            log.critical("VERDICT LOST FROM THE LEDGER: %s", json.dumps(record))
+            log.critical("VERDICT LOST FROM THE LEDGER: %s", json.dumps(self.names.record(verdict)))

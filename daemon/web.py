@@ -44,6 +44,7 @@ from pyfundus.verdicts import CLASSES, FAILED, iso_time
 
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
+from .logs import printable
 from .records import Verdict
 from .statedir import MIN_FREE_BYTES
 
@@ -125,10 +126,11 @@ class Board:
         return record
 
     def _record(self, verdict: Verdict, when: float) -> dict[str, Any]:
+        """What the page shows of a verdict; texts with their control characters escaped."""
         failed = verdict.outcome == FAILED
         reason = verdict.error if failed else verdict.reason
         if reason:
-            reason = reason.removeprefix(f"{verdict.path}: ")  # reader errors start with the path
+            reason = printable(reason.removeprefix(f"{verdict.path}: "))  # reader errors start with the path
         duplicate_of = self.name(verdict.duplicate_of) if verdict.duplicate_of else None
         return {
             "id": verdict.sha256,
@@ -136,8 +138,8 @@ class Board:
             "time": iso_time(when),
             "class": verdict.outcome,
             "score": None if verdict.score is None else round(verdict.score, 1),
-            "eye": verdict.eye,
-            "patient_id": verdict.patient_id,
+            "eye": verdict.eye and printable(verdict.eye),
+            "patient_id": verdict.patient_id and printable(verdict.patient_id),
             "reason": reason,
             "duplicate_of": duplicate_of,
             "trained": verdict.trained,
@@ -146,7 +148,7 @@ class Board:
 
     def name(self, path: str) -> str:
         relative = os.path.relpath(path, self.root)
-        return path if relative.startswith("..") else relative
+        return printable(path if relative.startswith("..") else relative)
 
     # ---- reading ------------------------------------------------------------
 

@@ -87,6 +87,16 @@ def test_latest_and_history_show_each_capture_with_its_patient_eye_and_reason(tm
     assert latest["last_event_id"].endswith("-3")
 
 
+def test_control_characters_in_names_and_reasons_are_escaped_on_the_page(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        hostile = write(s.folder / "a\nFORGED\x1b[2J.png", png_bytes(REJECT))
+        broken = write(s.folder / "cut\u202e.jpg", jpeg_bytes(GOOD, size=128)[:900])
+        done(s, hostile, broken)
+        rows = {row["class"]: row for row in shown(s, 2)}
+    assert rows["Reject"]["file"] == "a\\nFORGED\\x1b[2J.png"
+    assert rows["Failed"]["file"] == "cut\\u202e.jpg" and rows["Failed"]["reason"] == "truncated JPEG (file ends early)"
+
+
 def test_history_takes_today_or_a_date_and_says_when_a_day_is_not_held(tmp_path):
     with serving(tmp_path, **FAST) as s:
         today = time.strftime("%Y-%m-%d")
