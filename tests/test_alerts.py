@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -196,6 +197,59 @@ def test_webhook_gives_up_on_client_errors_and_retries_refused_connections(tmp_p
     with caplog.at_level(logging.WARNING, logger="pyfundus.daemon.alerts"):
         WebhookAlert(refused, 2.0, 2, closing=closing, first_backoff=0.01)({"event": "test"})
     assert "webhook attempt 1 failed" in caplog.text and "not delivered after 2 attempt(s)" in caplog.text
+
+
+class Trickle:
+    """A webhook endpoint that reads the request, then answers one byte every ``interval`` seconds, forever."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+            for byte in answer:
+                if self.stop.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_webhook_that_trickles_its_answer_is_cut_off_after_the_timeout(caplog):
+    trickle = Trickle(interval=0.2)  # every read succeeds well within the 1 s timeout
+    webhook = WebhookAlert(trickle.url, 1.0, 2, closing=threading.Event(), first_backoff=0.1)
+    sender = threading.Thread(target=webhook, args=({"event": "test"},), daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pyfundus.daemon.alerts"):
+            started = time.monotonic()
+            sender.start()
+            sender.join(15)
+            took = time.monotonic() - started
+    finally:
+        trickle.close()
+    assert not sender.is_alive(), "the webhook thread is still held by the trickling server"
+    assert took < 2 * 1.0 + 0.1 + 2.0, took  # two attempts of at most 1 s each, the pause between, slack
+    assert "attempt 1 failed (no complete answer within 1 s)" in caplog.text
+    assert "not delivered after 2 attempt(s): no complete answer within 1 s" in caplog.text
 
 
 def test_alert_queue_is_bounded_and_drops_the_oldest(caplog):
