@@ -10,6 +10,10 @@ Patient data: the page and ``/api/*`` show file names and patient IDs, for
 the operator at this machine. So the server listens on 127.0.0.1 by default
 and, while it listens on loopback, refuses requests whose Host header is not
 a loopback name (a web page elsewhere cannot read it through DNS rebinding).
+The Host header is parsed strictly (a name or an [IPv6] literal, then an
+optional port, nothing else) and must come exactly once. A client has
+``request_timeout`` seconds for each read and write: a connection that sends
+nothing does not hold a thread for longer.
 ``/healthz`` and ``/metrics`` carry counts only, never a name or an ID.
 
 Thumbnails (``/thumb/<sha256>``) are made only from captures the page holds
@@ -54,11 +58,14 @@ PAGE = Path(__file__).with_name("operator_page.html")
 THUMB_SIDE = 480  # px, the longer side; the page shows it at about 40% of the screen height
 THUMB_CACHE = 32
 KEEPALIVE_SECONDS = 15.0  # under the idle timeouts of proxies and of the browser's own connection
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request (or to take an event)
 EVENTS_KEPT = 256  # a reconnect further behind than this reloads the page's state instead
 HISTORY_LIMIT = 5000  # captures held per day: far above a clinic day
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# RFC 9110 Host: uri-host [":" port], where uri-host is a name, an IPv4 address or an [IPv6] literal.
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
 
 
 class Behind(Exception):
@@ -273,12 +280,14 @@ class OperatorWeb:
         state_dir: Path,
         status: Callable[[], dict[str, Any]],
         keepalive: float = KEEPALIVE_SECONDS,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
         self.root = root
         self.state_dir = Path(state_dir)
         self.status = status
         self.keepalive = keepalive
+        self.request_timeout = request_timeout
         self.board = Board(root)
         self.loopback_only = _is_loopback(host)
         self._page = PAGE.read_bytes()
@@ -413,7 +422,7 @@ def _make_thumbnail(data: bytes) -> bytes | None:
 
 
 def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
+    if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -444,8 +453,15 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "pyfundus"
     sys_version = ""
 
+    def setup(self) -> None:
+        self.timeout = self.server.web.request_timeout  # applied to the connection by setup()
+        super().setup()
+
     def do_GET(self) -> None:
         web = self.server.web
+        if len(self.headers.get_all("Host") or ()) > 1:
+            self._send(HTTPStatus.BAD_REQUEST, b"one Host header, please\n", "text/plain; charset=utf-8")
+            return
         if web.loopback_only and not self._host_is_loopback():
             self._send(HTTPStatus.FORBIDDEN, b"this page answers only to localhost\n", "text/plain; charset=utf-8")
             return
@@ -517,17 +533,16 @@ class _Handler(BaseHTTPRequestHandler):
                 for event_id, record in events:
                     self._write(f"id: {event_id}\nevent: verdict\ndata: {json.dumps(record)}\n\n")
                     after = int(event_id.rpartition("-")[2])
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the page went away
+        except OSError:
+            return  # the page went away, or stopped reading for request_timeout
 
     def _write(self, text: str) -> None:
         self.wfile.write(text.encode())
         self.wfile.flush()
 
     def _host_is_loopback(self) -> bool:
-        host = self.headers.get("Host", "")
-        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
-        return name.lower() in _LOOPBACK_NAMES
+        match = _HOST.fullmatch(self.headers.get("Host", ""))
+        return match is not None and _is_loopback(match["ipv6"] or match["name"])
 
     def _json(self, code: HTTPStatus, body: Any) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -153,6 +154,40 @@ def test_only_loopback_host_names_are_answered_while_listening_on_loopback(tmp_p
         # DNS rebinding: a page on another site reaches 127.0.0.1 under its own name.
         status, _, body = s.get("/api/history", headers={"Host": f"evil.example:{s.port}"})
         assert status == 403 and b"PAT" not in body
+
+
+def test_the_host_header_is_parsed_strictly(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        assert s.get("/api/latest", headers={"Host": f"LocalHost:{s.port}"})[0] == 200
+        assert s.get("/api/latest", headers={"Host": "127.0.0.1"})[0] == 200
+        for host in ("[::1].evil.example", f"[::1].evil.example:{s.port}", "localhost:@evil.example",
+                     f"localhost:{s.port}@evil.example", "127.0.0.1.evil.example", "localhost:80:80", "[::1]x", ""):
+            assert s.get("/api/latest", headers={"Host": host})[0] == 403, host
+
+
+def test_a_request_with_two_host_headers_is_refused(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as conn:
+            conn.sendall(b"GET /api/latest HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n")
+            assert conn.makefile("rb").readline().split()[1] == b"400", "two Host headers: refused"
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_request_timeout(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        s.daemon.web.request_timeout = 0.5
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(20)]
+        half = socket.create_connection(("127.0.0.1", s.port), timeout=WAIT)
+        half.sendall(b"GET /api/latest HTTP/1.1\r\nHost: local")
+        try:
+            for conn in [*idle, half]:
+                conn.settimeout(5)
+                assert conn.recv(1024) == b"", "the server closes the connection"
+        finally:
+            for conn in [*idle, half]:
+                conn.close()
+        handlers = lambda: [t for t in threading.enumerate() if "process_request" in t.name]  # noqa: E731
+        wait_for(lambda: not handlers(), WAIT, "the handler threads to end")
+        assert s.get("/healthz")[0] == 200
 
 
 def test_the_page_is_self_contained(tmp_path):
