@@ -1,8 +1,12 @@
-"""The scorer thread: batches what is queued, scores it, checks the file did not change, commits.
+"""The scorer thread: batches what is queued, scores it, checks it scored the content it was given, commits.
 
 The model is any object with ``score(paths, batch_size=...)`` returning one
 ScoreResult-like object per path (``pyfundus.load_model`` gives one; tests
-inject a stub). A batch that makes the scorer raise is retried image by
+inject a stub). Each result's sha256 is that of the bytes the scorer actually
+read: a result for other bytes than the work item's (the file was rewritten or
+swapped since it was hashed, even keeping its size and mtime) is not that
+capture's verdict; the file goes back to intake, where its new content gets a
+claim of its own. A batch that makes the scorer raise is retried image by
 image, so one bad file costs only its own verdict. When the ledger cannot
 take a verdict, the verdict is still shown (sinks) and held in memory, and
 the commit is retried until it succeeds or the daemon stops.
@@ -14,7 +18,6 @@ import collections
 import json
 import logging
 import math
-import os
 import queue
 import sys
 import threading
@@ -27,7 +30,7 @@ from pyfundus.version import __version__
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
 from .logs import Redactor
-from .records import FileStat, Verdict, WorkItem
+from .records import Verdict, WorkItem
 from .sinks import SinkHub
 
 log = logging.getLogger(__name__)
@@ -193,7 +196,8 @@ class ScoringWorker(threading.Thread):
         now = time.time()
         done = []
         for item, result in zip(batch, results):
-            if self._changed(item):
+            scored = getattr(result, "sha256", None)  # None: nothing was read (file gone, scorer crash)
+            if scored is not None and scored != item.sha256:
                 self._release(item)
             else:
                 done.append((item, Verdict.from_result(item, result, backend=self.backend, now=now)))
@@ -219,15 +223,9 @@ class ScoringWorker(threading.Thread):
             log.exception("the scorer failed on %s", self.names.label(path))
             return SimpleNamespace(path=path, error=f"{path}: the scorer failed ({type(exc).__name__}: {exc})")
 
-    def _changed(self, item: WorkItem) -> bool:
-        """Whether the file was rewritten after it was hashed: then the score is not of that content."""
-        try:
-            return FileStat.of(os.stat(item.path)) != item.stat
-        except OSError:
-            return False  # removed since: its verdict (or its "file not found") stands
-
     def _release(self, item: WorkItem) -> None:
-        log.info("%s changed after it was hashed; looking at it again", self.names.label(item.path))
+        log.info("%s holds other bytes than were hashed: not scored as that capture, looked at again",
+                 self.names.label(item.path))  # fmt: skip
         if item.claimed:
             try:
                 other = self.ledger.release(item)

@@ -97,15 +97,21 @@ _LATERALITY = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R", "OS": "L", "OD": "
 
 
 class ImageReadError(ValueError):
-    """A file could not be read as a fundus image; ``str()`` is ``"{path}: {reason}"``."""
+    """A file could not be read as a fundus image; ``str()`` is ``"{path}: {reason}"``.
 
-    def __init__(self, path: str, reason: str) -> None:
+    ``truncated``: the file ends before its content does (cut short, or still being written).
+    ``sha256``: of the bytes that were read, when the failure came after reading them.
+    """
+
+    def __init__(self, path: str, reason: str, *, truncated: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.truncated = truncated
+        self.sha256: str | None = None
 
-    def __reduce__(self):  # keep the two-argument constructor picklable (process pools)
-        return (type(self), (self.path, self.reason))
+    def __reduce__(self):  # picklable (process pools): the two arguments, then the attributes
+        return (type(self), (self.path, self.reason), {"truncated": self.truncated, "sha256": self.sha256})
 
 
 @dataclass
@@ -179,10 +185,7 @@ def read_image(
     if isinstance(source, Image.Image):
         return _from_pil_image(source, limits)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        image = _read_stream(io.BytesIO(data), "<bytes>", "", limits)
-        image.sha256 = hashlib.sha256(data).hexdigest()
-        return image
+        return _read_data(bytes(source), "<bytes>", "", limits)
     if isinstance(source, (str, os.PathLike)):
         return _read_path(os.fspath(source), limits)
     raise TypeError(f"read_image() cannot read a {type(source).__name__}")
@@ -201,8 +204,7 @@ def _read_path(path: str, limits: _Limits) -> FundusImage:
             data = f.read(DEFAULT_MAX_BYTES + 1)
         if len(data) > DEFAULT_MAX_BYTES:
             raise ImageReadError(path, f"file is over the {DEFAULT_MAX_BYTES >> 20} MiB limit for a capture")
-        image = _read_stream(io.BytesIO(data), path, _extension(path), limits)
-        image.sha256 = hashlib.sha256(data).hexdigest()
+        image = _read_data(data, path, _extension(path), limits)
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except PermissionError:
@@ -210,6 +212,18 @@ def _read_path(path: str, limits: _Limits) -> FundusImage:
     except OSError as e:
         raise ImageReadError(path, f"could not read the file ({e.strerror or e})") from e
     image.path = path
+    return image
+
+
+def _read_data(data: bytes, name: str, ext: str, limits: _Limits) -> FundusImage:
+    """Decode ``data``; the image, or the error, carries the sha256 of exactly these bytes."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        image = _read_stream(io.BytesIO(data), name, ext, limits)
+    except ImageReadError as exc:
+        exc.sha256 = sha256
+        raise
+    image.sha256 = sha256
     return image
 
 

@@ -25,8 +25,8 @@ class BrightnessScorer:
     """Stands in for QualityModel: score = mean brightness (0-100), so verdicts follow content.
 
     Decodes with pyfundus.io like the real model, so truncated and corrupt files
-    fail with the real reader's messages. Records every batch and the sha256 of
-    the bytes it actually scored.
+    fail with the real reader's messages, and each result carries the sha256 of
+    the bytes actually read. Records every batch and what it scored.
     """
 
     name = "stub-brightness"
@@ -47,15 +47,11 @@ class BrightnessScorer:
             time.sleep(self.delay)
             result = ScoreResult(path=path, model=self.name, trained=False)
             try:
-                data = Path(path).read_bytes()
-                with self._lock:
-                    self.scored.append((path, hashlib.sha256(data).hexdigest()))
-                image = read_image(data, min_size=8)
-            except FileNotFoundError:
-                result.error = f"{path}: file not found"
+                image = read_image(path, min_size=8)
             except ImageReadError as exc:
-                result.error = f"{path}: {exc.reason}"
+                result.error, result.sha256 = str(exc), exc.sha256
             else:
+                result.sha256 = image.sha256
                 result.score = round(float(image.pixels.mean()) / 255.0 * 100.0, 3)
                 result.quality_class = "Good" if result.score >= 60 else "Usable" if result.score >= 35 else "Reject"
                 result.probabilities = {result.quality_class: 1.0}
@@ -63,6 +59,9 @@ class BrightnessScorer:
                 result.eye, result.patient_id = image.eye, image.patient_id
                 result.study_uid, result.sop_instance_uid = image.study_uid, image.sop_instance_uid
                 result.timing_ms = {"total": 0.1}
+            if result.sha256 is not None:
+                with self._lock:
+                    self.scored.append((path, result.sha256))
             results.append(result)
         with self._lock:
             self.calls.append(list(paths))

@@ -276,6 +276,35 @@ def test_file_rewritten_after_hashing_gets_the_verdict_of_its_final_content(tmp_
     assert [v.sha256 for v in h.shown(Path(target))] == [sha256(new)]
 
 
+def test_a_file_swapped_keeping_its_size_and_mtime_is_not_scored_as_the_capture_it_replaced(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    mine, other_patients = tiff_bytes(40), tiff_bytes(200)  # uncompressed, same dimensions: same size
+    assert len(mine) == len(other_patients)
+
+    class SwappingScorer(BrightnessScorer):
+        """Between hashing and scoring another file is renamed over the capture, its mtime set to the old one."""
+
+        def score(self, paths, *, batch_size=8):
+            if target in paths and not self.calls:
+                before = os.stat(target)
+                swapped = write(staging / "other.tif", other_patients)
+                os.utime(swapped, ns=(before.st_atime_ns, before.st_mtime_ns))
+                os.replace(swapped, target)
+                assert FileStat.of(os.stat(target)) == FileStat.of(before), "size and mtime cannot tell"
+            return super().score(paths, batch_size=batch_size)
+
+    with running(tmp_path, SwappingScorer()) as h:
+        target = real(h.folder / "capture.tif")
+        write(Path(target), mine)
+        wait_for(lambda: (row := h.ledger.capture_at(target)) and row["sha256"] == sha256(other_patients)
+                 and row["state"] == "scored", WAIT, "the swapped-in file's own verdict")  # fmt: skip
+        h.wait_idle()
+    assert [(row["sha256"], row["state"]) for row in h.ledger.captures()] == [(sha256(other_patients), "scored")]
+    [shown] = h.shown(Path(target))
+    assert shown.sha256 == sha256(other_patients) and shown.score > 60, "the other file's content, under its hash"
+
+
 def test_a_scorer_crash_costs_only_the_image_that_caused_it(tmp_path):
     class CrashingScorer(BrightnessScorer):
         def score(self, paths, *, batch_size=8):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -273,6 +274,17 @@ def test_error_names_the_file_and_pickles(tmp_path):
     assert str(err) == f"{path}: file is empty"
     clone = pickle.loads(pickle.dumps(err))
     assert (clone.path, clone.reason, str(clone)) == (err.path, err.reason, str(err))
+
+
+def test_an_error_after_reading_carries_the_hash_of_the_bytes_read(tmp_path, retina_jpeg):
+    cut = retina_jpeg[: len(retina_jpeg) // 2]
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(_write(tmp_path / "cut.jpg", cut))
+    assert excinfo.value.sha256 == hashlib.sha256(cut).hexdigest()
+    assert pickle.loads(pickle.dumps(excinfo.value)).sha256 == excinfo.value.sha256
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(tmp_path / "missing.jpg")
+    assert excinfo.value.sha256 is None, "nothing was read"
 
 
 def test_truncated_jpeg(tmp_path, retina_jpeg):
