@@ -6,7 +6,10 @@ inject a stub). Each result's sha256 is that of the bytes the scorer actually
 read: a result for other bytes than the work item's (the file was rewritten or
 swapped since it was hashed, even keeping its size and mtime) is not that
 capture's verdict; the file goes back to intake, where its new content gets a
-claim of its own. A batch that makes the scorer raise is retried image by
+claim of its own. A failure because the file is unfinished (a DICOM or TIFF
+still being written; they have no end marker for intake to check) is no
+verdict either: back to intake, which waits for the rest, unless intake already
+waited and the file stopped changing. A batch that makes the scorer raise is retried image by
 image, so one bad file costs only its own verdict. When the ledger cannot
 take a verdict, the verdict is still shown (sinks) and held in memory, and
 the commit is retried until it succeeds or the daemon stops.
@@ -30,7 +33,7 @@ from pyfundus.version import __version__
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
 from .logs import Redactor
-from .records import Verdict, WorkItem
+from .records import Hint, Verdict, WorkItem
 from .sinks import SinkHub
 
 log = logging.getLogger(__name__)
@@ -116,7 +119,7 @@ class ScoringWorker(threading.Thread):
         sinks: SinkHub,
         names: Redactor,
         batch_size: int,
-        recheck: Callable[[str], object],
+        recheck: Callable[..., object],  # Intake.notify
     ) -> None:
         super().__init__(name="pyfundus-scorer", daemon=True)
         self.scorer = scorer
@@ -198,7 +201,9 @@ class ScoringWorker(threading.Thread):
         for item, result in zip(batch, results):
             scored = getattr(result, "sha256", None)  # None: nothing was read (file gone, scorer crash)
             if scored is not None and scored != item.sha256:
-                self._release(item)
+                self._release(item, Hint.CHANGED, "holds other bytes than were hashed: not scored as that capture")
+            elif getattr(result, "incomplete", False) and not item.stalled:
+                self._release(item, Hint.INCOMPLETE, "looks unfinished: waiting for the rest of it")
             else:
                 done.append((item, Verdict.from_result(item, result, backend=self.backend, now=now)))
         self._commit(done)
@@ -223,9 +228,9 @@ class ScoringWorker(threading.Thread):
             log.exception("the scorer failed on %s", self.names.label(path))
             return SimpleNamespace(path=path, error=f"{path}: the scorer failed ({type(exc).__name__}: {exc})")
 
-    def _release(self, item: WorkItem) -> None:
-        log.info("%s holds other bytes than were hashed: not scored as that capture, looked at again",
-                 self.names.label(item.path))  # fmt: skip
+    def _release(self, item: WorkItem, hint: Hint, why: str) -> None:
+        """No verdict for this work item: drop its claim and let intake look at the file again."""
+        log.info("%s %s", self.names.label(item.path), why)
         if item.claimed:
             try:
                 other = self.ledger.release(item)
@@ -234,7 +239,7 @@ class ScoringWorker(threading.Thread):
                 other = None
             if other is not None:
                 self._front.append(other)  # the same content is still under another name
-        self.recheck(item.path)
+        self.recheck(item.path, hint=hint)
 
     def _commit(self, done: list[tuple[WorkItem, Verdict]]) -> None:
         batch = self._unsaved + done

@@ -150,7 +150,7 @@ class QualityModel:
             result.sha256 = image.sha256  # also on a failure below: it says which content failed
             tensor, _ = preprocess(image.pixels, self.input)
         except ImageReadError as exc:  # its message already names the file
-            result.sha256 = exc.sha256
+            result.sha256, result.incomplete = exc.sha256, exc.incomplete
             return _failed(result, str(exc), started)
         except NoFundusError as exc:
             return _failed(result, f"{path or 'image'}: {exc}", started)

@@ -93,25 +93,28 @@ _BMP_HEADER_SIZES = tuple(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # a DICOM element (encapsulated pixel data) that runs until its delimiter
+
 _LATERALITY = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R", "OS": "L", "OD": "R"}
 
 
 class ImageReadError(ValueError):
     """A file could not be read as a fundus image; ``str()`` is ``"{path}: {reason}"``.
 
-    ``truncated``: the file ends before its content does (cut short, or still being written).
+    ``incomplete``: the file may still be being written: it ends before its content does (or, for a
+    DICOM, lacks a part every image has). A reader cannot tell that from a file cut short for good.
     ``sha256``: of the bytes that were read, when the failure came after reading them.
     """
 
-    def __init__(self, path: str, reason: str, *, truncated: bool = False) -> None:
+    def __init__(self, path: str, reason: str, *, incomplete: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
-        self.truncated = truncated
+        self.incomplete = incomplete
         self.sha256: str | None = None
 
     def __reduce__(self):  # picklable (process pools): the two arguments, then the attributes
-        return (type(self), (self.path, self.reason), {"truncated": self.truncated, "sha256": self.sha256})
+        return (type(self), (self.path, self.reason), {"incomplete": self.incomplete, "sha256": self.sha256})
 
 
 @dataclass
@@ -268,7 +271,7 @@ def _from_pil_image(im: Image.Image, limits: _Limits) -> FundusImage:
         oriented = ImageOps.exif_transpose(im)
         pixels, gray = _pil_to_rgb(oriented)
     except Exception as e:  # Pillow raises assorted types for undecodable data
-        raise ImageReadError(name, _decode_failure(im.format or "image", e)) from e
+        raise _decode_failure(name, im.format or "image", e) from e
     image = FundusImage(
         pixels=pixels, path=None, format=im.format or "PIL", original_size=oriented.size
     )
@@ -293,7 +296,7 @@ def _read_pil(fp: IO[bytes], fmt: str, name: str, limits: _Limits) -> FundusImag
         oriented = ImageOps.exif_transpose(im)
         pixels, gray = _pil_to_rgb(oriented)
     except Exception as e:  # Pillow raises assorted types for undecodable data
-        raise ImageReadError(name, _decode_failure(fmt, e)) from e
+        raise _decode_failure(name, fmt, e) from e
     if oriented.size != im.size:
         width, height = height, width
     image = FundusImage(
@@ -356,13 +359,13 @@ def _premultiplied_rgb(im: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(im.convert("RGBA").convert("RGBa"))[..., :3])
 
 
-def _decode_failure(fmt: str, e: Exception) -> str:
+def _decode_failure(name: str, fmt: str, e: Exception) -> ImageReadError:
     text = str(e)
     if isinstance(e, EOFError) or "truncated" in text.lower():
-        return f"truncated {fmt} (file ends early)"
+        return ImageReadError(name, f"truncated {fmt} (file ends early)", incomplete=True)
     if isinstance(e, Image.DecompressionBombError):
-        return f"image is larger than Pillow's safety limit ({text})"
-    return f"corrupt or unsupported {fmt} data, could not decode it ({text})"
+        return ImageReadError(name, f"image is larger than Pillow's safety limit ({text})")
+    return ImageReadError(name, f"corrupt or unsupported {fmt} data, could not decode it ({text})")
 
 
 # --- DICOM -----------------------------------------------------------------
@@ -374,11 +377,19 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
 
     try:
         header = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+        # Before any element is read: reading one replaces the raw element that holds its declared length.
+        cut_short = _ends_early(header)
         rows, cols = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
     except Exception as e:  # pydicom raises assorted types on malformed files
         raise ImageReadError(name, f"corrupt DICOM header ({e})") from e
+    if cut_short:
+        # A DICOM has no end marker: a file still being written is told by an element shorter than it says.
+        raise ImageReadError(name, "truncated DICOM (the file ends inside its header)", incomplete=True)
     if not rows or not cols:
-        raise ImageReadError(name, "DICOM has no pixel data (no Rows/Columns: not an image object)")
+        # A header cut at an element boundary looks the same, so this too may be a file still being written.
+        raise ImageReadError(
+            name, "DICOM has no pixel data (no Rows/Columns: not an image object, or cut short)", incomplete=True
+        )
     _check_size(name, cols, rows, limits)
     syntax = _transfer_syntax(header)
     _check_decoder(name, syntax)
@@ -389,8 +400,10 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
     except Exception as e:
         raise ImageReadError(name, f"corrupt DICOM file ({e})") from e
     if "PixelData" not in ds:
-        raise ImageReadError(name, "DICOM has no pixel data")
+        # pydicom drops encapsulated pixel data that lacks its closing delimiter: cut short, or stripped.
+        raise ImageReadError(name, "DICOM has no pixel data (cut short, or stripped)", incomplete=True)
     ds.file_meta.TransferSyntaxUID = syntax
+    _check_pixel_data_length(ds, name, syntax)
     pixels, gray = _dicom_pixels(ds, name)
 
     image = FundusImage(
@@ -409,6 +422,51 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
             f"multi-frame DICOM ({frames} frames): only the first frame is scored"
         )
     return _finish(image, grayscale_source=gray)
+
+
+def _ends_early(ds) -> bool:
+    """Whether the file ended inside an element (pydicom keeps the bytes there were) or before any."""
+    from pydicom.dataelem import RawDataElement
+
+    elements = list(ds.elements())  # raw: with the lengths the file declared
+    return not elements or any(
+        isinstance(element, RawDataElement)
+        and element.length != _UNDEFINED_LENGTH
+        and element.value is not None
+        and len(element.value) < element.length
+        for element in elements
+    )
+
+
+def _check_pixel_data_length(ds, name: str, syntax: str) -> None:
+    """Uncompressed pixel data must be exactly what Rows x Columns x samples x bits x frames make.
+
+    Shorter because the file ends early: truncated (still being written, or cut short). Otherwise a
+    mismatch means the header lies: decoded anyway, the picture would be cropped or sheared.
+    """
+    from pydicom.uid import UID
+
+    if UID(syntax).is_compressed:
+        return  # the decoder checks each frame against Rows and Columns
+    element = ds.get_item(0x7FE00010)  # PixelData, raw: its declared length next to the bytes present
+    present = len(element.value or b"")
+    declared = present if element.length == _UNDEFINED_LENGTH else element.length
+    if present < declared:
+        raise ImageReadError(
+            name, f"truncated DICOM (pixel data ends early: {present} of {declared} bytes)", incomplete=True
+        )
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 8)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    expected = -(-rows * cols * samples * frames * bits // 8)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        expected = expected * 2 // 3  # two chroma samples shared by each pair of pixels
+    if present not in (expected, expected + 1):  # one pad byte makes an odd length even
+        raise ImageReadError(
+            name,
+            f"DICOM Rows/Columns do not match its pixel data: {rows} rows x {cols} columns x {samples} "
+            f"sample(s) x {bits} bits x {frames} frame(s) need {expected} bytes, the file holds {present}",
+        )
 
 
 def _transfer_syntax(header) -> str:

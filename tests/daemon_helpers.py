@@ -49,7 +49,7 @@ class BrightnessScorer:
             try:
                 image = read_image(path, min_size=8)
             except ImageReadError as exc:
-                result.error, result.sha256 = str(exc), exc.sha256
+                result.error, result.sha256, result.incomplete = str(exc), exc.sha256, exc.incomplete
             else:
                 result.sha256 = image.sha256
                 result.score = round(float(image.pixels.mean()) / 255.0 * 100.0, 3)

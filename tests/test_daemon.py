@@ -157,6 +157,32 @@ def test_file_written_in_chunks_is_scored_once_after_it_is_complete(tmp_path, ev
     assert h.ledger.count() == len(contents)
 
 
+def test_formats_without_an_end_marker_written_by_open_append_close_get_one_verdict(tmp_path):
+    # Each close-write says "done", and a DICOM or a TIFF has no end marker to say otherwise: only the
+    # reader can tell the file is unfinished. Pauses (0.4 s) are shorter than --incomplete-grace (0.8 s).
+    contents = {
+        "chunked.dcm": dicom_bytes(150, patient_id="PAT-1", laterality="R", size=128),
+        "chunked.tif": tiff_bytes(160, size=128),
+    }
+    cut_for_good = dicom_bytes(170, patient_id="PAT-2", laterality="L", size=128)
+    with running(tmp_path) as h:
+        lost = write(h.folder / "cut.dcm", cut_for_good[: len(cut_for_good) // 2])
+        for i in range(5):
+            for name, data in contents.items():
+                step = -(-len(data) // 5)
+                with open(h.folder / name, "ab") as f:
+                    f.write(data[i * step : (i + 1) * step])
+            time.sleep(0.4)
+        h.wait_done(lost, *(h.folder / name for name in contents))
+        h.wait_idle()
+    for name, data in contents.items():
+        [shown] = h.shown(h.folder / name)  # no verdict (and so no alert) for any partial write
+        assert (shown.state, shown.sha256) == ("scored", sha256(data))
+    assert h.ledger.count() == 3 and h.ledger.count("failed") == 1
+    [failed] = h.shown(lost)
+    assert failed.state == "failed" and "truncated DICOM (pixel data ends early" in failed.error
+
+
 def test_truncated_and_corrupt_files_fail_clearly_and_the_daemon_goes_on(tmp_path):
     good_jpeg, good_png = jpeg_bytes(100, size=128), png_bytes(100, size=64)
     broken = {

@@ -573,7 +573,38 @@ def test_dicom_with_dimensions_but_no_pixel_data(tmp_path, fundus_small):
     ds.save_as(path)
     with pytest.raises(ImageReadError) as excinfo:
         read_image(path)
-    assert _reason(excinfo) == "DICOM has no pixel data"
+    assert _reason(excinfo) == "DICOM has no pixel data (cut short, or stripped)"
+
+
+@pytest.mark.parametrize("tag, value", [("Rows", 300), ("Columns", 300), ("Rows", 330)])
+def test_dicom_rows_or_columns_that_disagree_with_the_pixel_data_are_an_error_naming_it(
+    tmp_path, fundus_small, tag, value
+):
+    # Issue 17: a Topcon capture with Rows=2000 (really 2136) was decoded cropped and graded; with
+    # Columns=3200 (really 3216) it was sheared and failed as "no field of view found".
+    path = _dicom_file(tmp_path / "lying.dcm", fundus_small)
+    ds = pydicom.dcmread(path)
+    setattr(ds, tag, value)
+    ds.save_as(path)
+    rows, columns = (value, 320) if tag == "Rows" else (320, value)
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    assert _reason(excinfo) == (
+        f"DICOM Rows/Columns do not match its pixel data: {rows} rows x {columns} columns x 3 sample(s) x 8 bits "
+        f"x 1 frame(s) need {rows * columns * 3} bytes, the file holds {320 * 320 * 3}"
+    )
+    assert not excinfo.value.incomplete, "a lying header is not a file still being written"
+
+
+def test_a_dicom_cut_anywhere_is_incomplete_and_a_whole_one_reads(tmp_path, fundus_small):
+    whole = _dicom_file(tmp_path / "whole.dcm", fundus_small).read_bytes()
+    assert read_image(whole).pixels.shape == (320, 320, 3)
+    for cut in (150, 300, 500, 700, len(whole) // 2, len(whole) - 1):
+        with pytest.raises(ImageReadError) as excinfo:
+            read_image(whole[:cut])
+        assert excinfo.value.incomplete, (cut, _reason(excinfo))
+    with pytest.raises(ImageReadError, match=r"truncated DICOM \(pixel data ends early: 153599 of 307200 bytes\)"):
+        read_image(whole[: len(whole) - 153601])
 
 
 def test_dicom_multiframe_uses_the_first_frame(tmp_path, fundus_small):

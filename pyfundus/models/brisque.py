@@ -214,6 +214,7 @@ class _Extracted:
     error: str | None
     timing_ms: dict[str, float]
     sha256: str | None = None  # of the bytes read, as in ScoreResult
+    incomplete: bool = False  # as in ScoreResult
 
 
 def _extract(item: Any, size: int) -> _Extracted:
@@ -227,7 +228,7 @@ def _extract(item: Any, size: int) -> _Extracted:
         sha256 = image.sha256
         features = brisque_features(image.pixels, size=size)
     except ImageReadError as exc:  # its message already names the file
-        return _Extracted(None, str(exc), {"total": _ms(started)}, exc.sha256)
+        return _Extracted(None, str(exc), {"total": _ms(started)}, exc.sha256, exc.incomplete)
     except NoFundusError as exc:
         return _Extracted(None, f"{name}: {exc}", {"total": _ms(started)}, sha256)
     except Exception as exc:  # a decoder bug must cost one image, not the whole run
@@ -507,7 +508,7 @@ class BrisqueSVR:
                 result.probabilities = self.thresholds.probabilities(result.score)
                 result.timing_ms["model"] = per_image
         for result, extracted in pending:
-            result.sha256 = extracted.sha256
+            result.sha256, result.incomplete = extracted.sha256, extracted.incomplete
             result.error = extracted.error
             result.timing_ms.update(extracted.timing_ms)  # a failure brings its own "total"
             if result.error is None:
