@@ -41,8 +41,13 @@ class WorkItem:
     stat: FileStat
     detected_at: float  # time.monotonic() of the first event or scan that saw the file
     claimed: bool = True  # False: the ledger could not take the pending row, so the verdict inserts it
-    solo: bool = False  # True: a restart found it mid-score; scored alone so a crash blames only itself
     stalled: bool = False  # True: it looked unfinished but stopped changing; "incomplete" is then its verdict
+    interrupted: int = 0  # scoring starts a crash of the daemon cut short (the ledger's count, at start-up)
+
+    @property
+    def solo(self) -> bool:
+        """Scored alone: a restart found it mid-score, so a crash while scoring it again blames only itself."""
+        return self.interrupted > 0
 
 
 @dataclass

@@ -8,11 +8,14 @@ swapped since it was hashed, even keeping its size and mtime) is not that
 capture's verdict; the file goes back to intake, where its new content gets a
 claim of its own. A failure because the file is unfinished (a DICOM or TIFF
 still being written; they have no end marker for intake to check) is no
-verdict either: back to intake, which waits for the rest, unless intake already
-waited and the file stopped changing. A batch that makes the scorer raise is retried image by
-image, so one bad file costs only its own verdict. When the ledger cannot
-take a verdict, the verdict is still shown (sinks) and held in memory, and
-the commit is retried until it succeeds or the daemon stops.
+verdict either: back to intake, which waits for the rest, unless intake
+already waited and the file stopped changing.
+
+A batch that makes the scorer raise is retried image by image, so one bad
+file costs only its own verdict; a capture that keeps killing the process
+(GIVE_UP_AFTER_INTERRUPTIONS) gets a failed verdict, announced like any other.
+When the ledger cannot take a verdict, the verdict is still shown (sinks) and
+held in memory, and the commit is retried until it succeeds or the daemon stops.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ from .sinks import SinkHub
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
+# A capture the daemon died scoring is scored again alone at the next start, and once more alone after a second
+# death: a crash from outside (power, an OOM kill, an operator) must not cost a healthy capture its verdict.
+# Only a third death in a row, the last two while it was scored alone, blames the capture.
+GIVE_UP_AFTER_INTERRUPTIONS = 3
+KEEPS_CRASHING = (
+    "the daemon died three times while scoring this capture, the last two times while scoring it alone: "
+    "not tried again; check the file with `pyfundus score`"
+)
 
 
 class Scorer(Protocol):
@@ -191,6 +202,9 @@ class ScoringWorker(threading.Thread):
         return batch
 
     def _process(self, batch: list[WorkItem]) -> None:
+        if batch[0].interrupted >= GIVE_UP_AFTER_INTERRUPTIONS:  # a solo item: the batch is only it
+            self._give_up(batch[0])
+            return
         try:
             self.ledger.begin_attempts([item.sha256 for item in batch if item.claimed])
         except LedgerError as exc:
@@ -207,6 +221,11 @@ class ScoringWorker(threading.Thread):
             else:
                 done.append((item, Verdict.from_result(item, result, backend=self.backend, now=now)))
         self._commit(done)
+
+    def _give_up(self, item: WorkItem) -> None:
+        log.error("%s: %s", self.names.label(item.path), KEEPS_CRASHING)
+        result = SimpleNamespace(path=item.path, error=f"{item.path}: {KEEPS_CRASHING}")
+        self._commit([(item, Verdict.from_result(item, result, backend=self.backend, now=time.time()))])
 
     def _score(self, paths: list[str]) -> list[Any]:
         try:

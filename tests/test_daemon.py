@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -51,8 +52,8 @@ from pyfundus.daemon.config import CONFIG_KEYS, WatchConfig, load_config
 from pyfundus.daemon.errors import ConfigError, LedgerError, StartupError
 from pyfundus.daemon.ledger import Ledger
 from pyfundus.daemon.records import FileStat, Verdict
-from pyfundus.daemon.scoring import load_scorer
-from pyfundus.daemon.service import INTERRUPTED_TWICE, Daemon
+from pyfundus.daemon.scoring import KEEPS_CRASHING, load_scorer
+from pyfundus.daemon.service import Daemon
 from pyfundus.daemon.watcher import native_observer
 from pyfundus.grading import Thresholds
 from pyfundus.verdicts import CSV_COLUMNS
@@ -434,29 +435,57 @@ def test_watched_folder_disappearing_and_coming_back(tmp_path):
 # ---- the ledger: restarts, failures, export -------------------------------------------
 
 
-def test_restart_scores_pending_rows_first_then_the_backlog_and_gives_up_after_two_interruptions(tmp_path):
+def pending_rows(state: Path, files: dict[str, Path], attempts: dict[str, int]) -> None:
+    """The ledger a killed daemon leaves: a pending row per file, with its interrupted scoring attempts."""
+    state.mkdir(exist_ok=True)
+    ledger = Ledger(state / "ledger.sqlite3")
+    for name, count in attempts.items():
+        path, digest = real(files[name]), sha256(files[name].read_bytes())
+        ledger.claim(digest, path, FileStat.of(os.stat(path)), time.time())
+        for _ in range(count):
+            ledger.begin_attempts([digest])
+    ledger.close()
+
+
+def test_restart_scores_pending_rows_first_then_the_backlog_and_gives_up_after_three_interruptions(tmp_path):
     folder, state = tmp_path / "camera", tmp_path / "state"
     folder.mkdir()
-    state.mkdir()
     names = ["mid-score.png", "queued.png", "poison.png", "backlog.png"]
     files = {name: write(folder / name, png_bytes(i)) for i, name in enumerate(names)}
-    # The last run died: mid-score.png was being scored, queued.png was waiting,
-    # poison.png killed the process twice already; backlog.png never got into the ledger.
-    ledger = Ledger(state / "ledger.sqlite3")
-    for name, attempts in (("mid-score.png", 1), ("queued.png", 0), ("poison.png", 2)):
-        path = real(files[name])
-        ledger.claim(sha256(files[name].read_bytes()), path, FileStat.of(os.stat(path)), time.time())
-        for _ in range(attempts):
-            ledger.begin_attempts([sha256(files[name].read_bytes())])
-    ledger.close()
+    # The last run died: mid-score.png was being scored, queued.png was waiting, poison.png killed the
+    # process three times already (twice while scored alone); backlog.png never got into the ledger.
+    pending_rows(state, files, {"mid-score.png": 1, "queued.png": 0, "poison.png": 3})
     with running(tmp_path) as h:
-        h.wait_done(*(files[n] for n in ("mid-score.png", "queued.png", "backlog.png")))
+        h.wait_done(*files.values())
     assert h.scorer.calls[0] == [real(files["mid-score.png"])]  # alone: if it crashes again, only it is blamed
     assert h.scorer.calls[1] == [real(files["queued.png"])]
     assert real(files["backlog.png"]) in h.scorer.calls[2]
     poison = h.ledger.capture_at(files["poison.png"])
-    assert poison["state"] == "failed" and poison["error"] == INTERRUPTED_TWICE
+    assert poison["state"] == "failed" and poison["error"] == f"{real(files['poison.png'])}: {KEEPS_CRASHING}"
     assert h.scorer.times_scored(files["poison.png"]) == 0
+
+
+def test_two_crashes_in_a_row_do_not_fail_a_capture_and_a_third_is_announced_everywhere(tmp_path):
+    folder, state = tmp_path / "camera", tmp_path / "state"
+    folder.mkdir()
+    files = {name: write(folder / name, png_bytes(i)) for i, name in enumerate(["healthy.png", "poison.png"])}
+    pending_rows(state, files, {"healthy.png": 2, "poison.png": 3})  # killed twice; three times
+    alerts = tmp_path / "alerts.jsonl"
+    recorder = [sys.executable, "-c", f"import sys; open({str(alerts)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"]
+    with running(tmp_path, web=True, web_port=0, alert_command=recorder, alert_redact=False) as h:
+        h.wait_done(*files.values())
+        port = h.daemon.web.port
+        wait_for(lambda: alerts.exists() and alerts.read_text().count("\n") == 2, WAIT, "two alerts (Reject, Failed)")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT).read().decode()
+        history = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/history", timeout=WAIT))
+    assert h.scorer.calls == [[real(files["healthy.png"])]], "scored once more, alone"
+    assert h.ledger.capture_at(files["healthy.png"])["state"] == "scored"
+    [failed] = h.shown(files["poison.png"])  # the stdout line, the sidecar: every sink gets the verdict
+    assert failed.state == "failed" and KEEPS_CRASHING in failed.error
+    alerted = {json.loads(line)["state"]: json.loads(line)["sha256"] for line in alerts.read_text().splitlines()}
+    assert alerted["failed"] == sha256(files["poison.png"].read_bytes())
+    assert "pyfundus_failures_total 1" in metrics.splitlines()
+    assert sorted(row["class"] for row in history["captures"]) == ["Failed", "Reject"]  # healthy.png is dark
 
 
 def test_ledger_failing_mid_run_keeps_verdicts_in_memory_and_saves_them_later(tmp_path, monkeypatch):
