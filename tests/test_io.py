@@ -10,8 +10,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -19,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import skimage.data
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -31,12 +33,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pyfundus import io as pyfundus_io
 from pyfundus.io import (
     DEFAULT_MAX_PIXELS,
     GRAYSCALE_WARNING,
     SUPPORTED_EXTENSIONS,
     FundusImage,
     ImageReadError,
+    declared_size,
     is_probably_image,
     read_image,
 )
@@ -217,6 +221,66 @@ def test_exif_orientation_is_applied():
     expected = np.rot90(card, k=-1)
     assert np.abs(image.pixels.astype(int) - expected).mean() < 3
     assert tuple(image.pixels[10, -10]) > (200, 0, 0)  # red block now top-right
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_every_exif_orientation_turns_the_picture_as_pillow_does(fmt, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.fromarray(_colour_card(200, 300)), fmt, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    image = read_image(data)
+    assert np.array_equal(image.pixels, expected)
+    assert image.original_size == (expected.shape[1], expected.shape[0])
+
+
+# --- memory: reduced and bounded decodes -------------------------------------------------
+
+
+def test_a_png_too_large_to_keep_whole_is_reduced_like_a_jpeg_draft(monkeypatch):
+    monkeypatch.setattr(pyfundus_io, "REDUCE_ABOVE_BYTES", 1 << 20)  # 1600x1200 RGB is 5.5 MiB
+    card = cv2.resize(_colour_card(), (1600, 1200), interpolation=cv2.INTER_LINEAR)
+    rgba = np.dstack([card, np.full(card.shape[:2], 128, np.uint8)])  # half transparent: composited on black
+    image = read_image(_encode(rgba, "PNG"), min_side=384)
+    assert image.pixels.shape == (600, 800, 3) and image.scale == 0.5  # 1/4 would leave 300 < 384
+    premultiplied = (card.astype(np.float64) * 128 / 255).reshape(600, 2, 800, 2, 3).mean(axis=(1, 3))
+    assert np.abs(image.pixels - premultiplied).max() <= 2, "box means of the composited picture"
+    assert read_image(_encode(rgba, "PNG")).pixels.shape == (1200, 1600, 3), "without min_side: whole"
+
+
+def test_decodes_share_a_memory_budget_and_one_larger_than_it_runs_alone(monkeypatch):
+    monkeypatch.setattr(pyfundus_io, "DECODE_MEMORY", pyfundus_io._DecodeMemory(budget=1 << 20))
+    running, most = [], []
+    convert = pyfundus_io._pil_to_rgb  # runs with the decoded picture in memory
+
+    def watched(im, factor=1):
+        running.append(im)
+        most.append(len(running))
+        time.sleep(0.05)  # long enough for the other threads to try
+        try:
+            return convert(im, factor)
+        finally:
+            running.remove(im)
+
+    monkeypatch.setattr(pyfundus_io, "_pil_to_rgb", watched)
+    png = _encode(cv2.resize(_colour_card(), (600, 600)), "PNG")  # 1.4 MiB decoded: over the budget
+    small = _encode(_colour_card(20, 30), "PNG")  # 2.4 KiB: two of these fit together
+    with ThreadPoolExecutor(4) as pool:
+        shapes = [image.pixels.shape for image in pool.map(lambda data: read_image(data, min_size=8), [png] * 4)]
+        assert max(most) == 1 and shapes == [(600, 600, 3)] * 4
+        most.clear()
+        list(pool.map(lambda data: read_image(data, min_size=8), [small] * 4))
+        assert max(most) > 1, "small decodes still run side by side"
+    assert pyfundus_io.DECODE_MEMORY.in_use == 0
+
+
+def test_declared_size_reads_the_header_only(tmp_path, fundus_small):
+    png = _write(tmp_path / "a.png", _encode(_colour_card(), "PNG"))
+    assert declared_size(png) == (300, 200)
+    assert declared_size(_dicom_file(tmp_path / "b.dcm", fundus_small[:, :200])) == (200, 320)
+    assert declared_size(_write(tmp_path / "c.png", b"\x89PNG\r\n\x1a\n nonsense")) is None
+    assert declared_size(tmp_path / "missing.png") is None
 
 
 # --- reduced-size JPEG decoding ------------------------------------------------------
