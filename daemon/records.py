@@ -43,6 +43,9 @@ class WorkItem:
     claimed: bool = True  # False: the ledger could not take the pending row, so the verdict inserts it
     stalled: bool = False  # True: it looked unfinished but stopped changing; "incomplete" is then its verdict
     interrupted: int = 0  # scoring starts a crash of the daemon cut short (the ledger's count, at start-up)
+    # A heavy capture's pixels (a FundusImage) or why they could not be read (an ImageReadError), decoded off
+    # the scorer thread; scored instead of the path.
+    decoded: Any = None
 
     @property
     def solo(self) -> bool:

@@ -11,6 +11,10 @@ still being written; they have no end marker for intake to check) is no
 verdict either: back to intake, which waits for the rest, unless intake
 already waited and the file stopped changing.
 
+Heavy captures (over HEAVY_PIXELS by their header) are decoded on a thread of
+their own, one at a time, and join a batch once decoded: the captures behind
+a huge image are scored while it decodes, never after it.
+
 A batch that makes the scorer raise is retried image by image, so one bad
 file costs only its own verdict; a capture that keeps killing the process
 (GIVE_UP_AFTER_INTERRUPTIONS) gets a failed verdict, announced like any other.
@@ -31,6 +35,7 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Protocol, Sequence
 
+from pyfundus.io import FundusImage, ImageReadError, declared_size, read_image, source_name
 from pyfundus.version import __version__
 
 from .errors import LedgerError, StartupError
@@ -42,6 +47,8 @@ from .sinks import SinkHub
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
+# Larger captures take longer to decode than a model call takes (a 100 MP PNG: seconds): decoded aside.
+HEAVY_PIXELS = 16_000_000
 # A capture the daemon died scoring is scored again alone at the next start, and once more alone after a second
 # death: a crash from outside (power, an OOM kill, an operator) must not cost a healthy capture its verdict.
 # Only a third death in a row, the last two while it was scored alone, blames the capture.
@@ -143,6 +150,7 @@ class ScoringWorker(threading.Thread):
         self.backend = describe_backend(scorer)
         # Items to take before the queue: a solo item that ended the previous batch, a re-targeted capture.
         self._front: collections.deque[WorkItem] = collections.deque()
+        self._heavy = _HeavyReader(ledger, min_side=getattr(getattr(scorer, "input", None), "size", None))
         self._unsaved: list[tuple[WorkItem, Verdict]] = []
         self._next_retry = 0.0
         self._draining = threading.Event()
@@ -162,7 +170,13 @@ class ScoringWorker(threading.Thread):
     def unsaved(self) -> int:
         return len(self._unsaved)
 
+    @property
+    def held(self) -> int:
+        """Captures taken from the queue but not scored yet: held back for the next batch, or heavy."""
+        return len(self._front) + self._heavy.pending
+
     def run(self) -> None:
+        self._heavy.start()
         try:
             while not self._should_stop():
                 batch = self._next_batch()
@@ -179,37 +193,59 @@ class ScoringWorker(threading.Thread):
     def _should_stop(self) -> bool:
         if not self._draining.is_set():
             return False
-        return time.monotonic() >= self._deadline or (not self._front and self.work.empty())
+        return time.monotonic() >= self._deadline or (not self.held and self.work.empty())
 
     def _next_batch(self) -> list[WorkItem]:
-        if self._front:
-            first = self._front.popleft()
-        else:
-            try:
-                first = self.work.get(timeout=0.2)
-            except queue.Empty:
-                return []
-        batch = [first]
-        while not first.solo and len(batch) < self.batch_size:
-            try:
-                item = self._front.popleft() if self._front else self.work.get_nowait()
-            except queue.Empty:
+        batch: list[WorkItem] = []
+        while len(batch) < self.batch_size:
+            item = self._take(wait=not batch)
+            if item is None:
                 break
-            if item.solo:
+            if self._is_heavy(item):
+                self._heavy.give(item)
+                continue
+            if item.solo and batch:
                 self._front.appendleft(item)
                 break
             batch.append(item)
+            if item.solo:
+                break
         return batch
+
+    def _take(self, *, wait: bool) -> WorkItem | None:
+        """A held-back item first, then a decoded heavy one, then the queue."""
+        if self._front:
+            return self._front.popleft()
+        decoded = self._heavy.take()
+        if decoded is not None:
+            return decoded
+        try:
+            if not wait:
+                return self.work.get_nowait()
+            return self.work.get(timeout=0.05 if self._heavy.pending else 0.2)  # a decoded one waits 50 ms at most
+        except queue.Empty:
+            return None
+
+    def _is_heavy(self, item: WorkItem) -> bool:
+        if item.decoded is not None or item.interrupted >= GIVE_UP_AFTER_INTERRUPTIONS:
+            return False
+        size = declared_size(item.path)
+        return size is not None and size[0] * size[1] > HEAVY_PIXELS
 
     def _process(self, batch: list[WorkItem]) -> None:
         if batch[0].interrupted >= GIVE_UP_AFTER_INTERRUPTIONS:  # a solo item: the batch is only it
             self._give_up(batch[0])
             return
-        try:
-            self.ledger.begin_attempts([item.sha256 for item in batch if item.claimed])
+        try:  # a heavy capture's attempt was counted when its decode began
+            self.ledger.begin_attempts([item.sha256 for item in batch if item.claimed and item.decoded is None])
         except LedgerError as exc:
             log.error("%s", exc)
-        results = self._score([item.path for item in batch])
+        readable = [item for item in batch if not isinstance(item.decoded, ImageReadError)]
+        scored = iter(self._score([item.decoded or item.path for item in readable]) if readable else [])
+        results = [_failed_read(item.decoded) if isinstance(item.decoded, ImageReadError) else next(scored)
+                   for item in batch]  # fmt: skip
+        for item in batch:
+            item.decoded = None  # scored: its pixels need not outlive the batch (held verdicts keep the item)
         now = time.time()
         done = []
         for item, result in zip(batch, results):
@@ -227,19 +263,21 @@ class ScoringWorker(threading.Thread):
         result = SimpleNamespace(path=item.path, error=f"{item.path}: {KEEPS_CRASHING}")
         self._commit([(item, Verdict.from_result(item, result, backend=self.backend, now=time.time()))])
 
-    def _score(self, paths: list[str]) -> list[Any]:
+    def _score(self, inputs: list[str | FundusImage]) -> list[Any]:
+        """One result per input: a path, or a heavy capture's decoded image."""
         try:
-            results = list(self.scorer.score(paths, batch_size=self.batch_size))
-            if len(results) == len(paths):
+            results = list(self.scorer.score(inputs, batch_size=self.batch_size))
+            if len(results) == len(inputs):
                 return results
-            log.error("the scorer returned %d results for %d images; scoring them one by one", len(results), len(paths))
+            log.error("the scorer returned %d results for %d images; scoring them one by one", len(results), len(inputs))
         except Exception:
-            log.exception("the scorer failed on a batch of %d; scoring them one by one", len(paths))
-        return [self._score_one(path) for path in paths]
+            log.exception("the scorer failed on a batch of %d; scoring them one by one", len(inputs))
+        return [self._score_one(one) for one in inputs]
 
-    def _score_one(self, path: str) -> Any:
+    def _score_one(self, one: str | FundusImage) -> Any:
+        path = source_name(one)
         try:
-            results = list(self.scorer.score([path], batch_size=1))
+            results = list(self.scorer.score([one], batch_size=1))
             if len(results) == 1:
                 return results[0]
             raise RuntimeError(f"{len(results)} results for one image")
@@ -282,10 +320,61 @@ class ScoringWorker(threading.Thread):
         self.sinks.emit(verdict for verdict in stored if verdict.sha256 in new)
 
     def _finish(self) -> None:
-        left = len(self._front) + self.work.qsize()
+        left = self.held + self.work.qsize()
         if left:
             log.warning("%d queued capture(s) not scored before the drain deadline: scored at the next start", left)
         self._commit([])
         for _, verdict in self._unsaved:
             # Last resort: the log (stderr included) is the only place left. The hash identifies the file.
             log.critical("VERDICT LOST FROM THE LEDGER: %s", json.dumps(self.names.record(verdict)))
+
+
+def _failed_read(exc: ImageReadError) -> SimpleNamespace:
+    """The result of a heavy capture its reader could not decode, as the scorer would have given it."""
+    return SimpleNamespace(path=exc.path, error=str(exc), sha256=exc.sha256, incomplete=exc.incomplete)
+
+
+class _HeavyReader(threading.Thread):
+    """Decodes heavy captures one at a time (one near-cap image in memory at once), off the scorer thread.
+
+    ``give`` and ``take`` are for the scorer thread only; ``pending`` counts what was given and not yet
+    taken back. The attempt is counted in the ledger before the decode starts: a decode that kills the
+    process is an interrupted scoring like any other.
+    """
+
+    def __init__(self, ledger: Ledger, *, min_side: int | None) -> None:
+        super().__init__(name="pyfundus-heavy-reader", daemon=True)
+        self.ledger = ledger
+        self.min_side = min_side  # what the model needs: the reader may decode a reduced picture
+        self.pending = 0
+        self._todo: queue.Queue[WorkItem] = queue.Queue()
+        self._done: collections.deque[WorkItem] = collections.deque()
+
+    def give(self, item: WorkItem) -> None:
+        self.pending += 1
+        self._todo.put(item)
+
+    def take(self) -> WorkItem | None:
+        try:
+            item = self._done.popleft()
+        except IndexError:
+            return None
+        self.pending -= 1
+        return item
+
+    def run(self) -> None:
+        while True:
+            item = self._todo.get()
+            if item.claimed:
+                try:
+                    self.ledger.begin_attempts([item.sha256])
+                except LedgerError as exc:
+                    log.error("%s", exc)
+            try:
+                item.decoded = read_image(item.path, min_side=self.min_side)
+            except ImageReadError as exc:
+                item.decoded = exc
+            except Exception as exc:  # a decoder bug costs this capture only
+                log.exception("unexpected failure while decoding a heavy capture")
+                item.decoded = ImageReadError(item.path, f"unexpected error while reading ({type(exc).__name__}: {exc})")
+            self._done.append(item)

@@ -152,7 +152,7 @@ class Daemon:
             "folder_present": not self._folder_missing,
             "observer_restarts": self.watcher.restarts if self.watcher else 0,
             "settling": self.intake.settling if self.intake else 0,
-            "queued": self.work.qsize() if self.work else 0,
+            "queued": (self.work.qsize() if self.work else 0) + (self.scoring.held if self.scoring else 0),
             "unsaved_verdicts": self.scoring.unsaved if self.scoring else 0,
             "observer_alive": self.watcher is not None and not self._folder_missing and self.watcher.problem() is None,
             "model": getattr(self.scoring.scorer, "name", None) if self.scoring else None,

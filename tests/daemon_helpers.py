@@ -38,16 +38,18 @@ class BrightnessScorer:
         self.scored: list[tuple[str, str]] = []  # (path, sha256 of the bytes read)
         self._lock = threading.Lock()
 
-    def score(self, paths: Sequence[str], *, batch_size: int = 8) -> list:
-        from pyfundus.io import ImageReadError, read_image
+    def score(self, inputs: Sequence, *, batch_size: int = 8) -> list:
+        """Paths, or images the daemon decoded itself (heavy captures), like QualityModel.score."""
+        from pyfundus.io import FundusImage, ImageReadError, read_image, source_name
         from pyfundus.verdicts import ScoreResult
 
         results = []
-        for path in paths:
+        paths = [source_name(one) for one in inputs]
+        for one, path in zip(inputs, paths):
             time.sleep(self.delay)
             result = ScoreResult(path=path, model=self.name, trained=False)
             try:
-                image = read_image(path, min_size=8)
+                image = one if isinstance(one, FundusImage) else read_image(one, min_size=8)
             except ImageReadError as exc:
                 result.error, result.sha256, result.incomplete = str(exc), exc.sha256, exc.incomplete
             else:

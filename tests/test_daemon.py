@@ -14,6 +14,7 @@ extension but foreign content is a broken capture and is recorded as failed).
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -330,6 +331,30 @@ def test_a_file_swapped_keeping_its_size_and_mtime_is_not_scored_as_the_capture_
     assert [(row["sha256"], row["state"]) for row in h.ledger.captures()] == [(sha256(other_patients), "scored")]
     [shown] = h.shown(Path(target))
     assert shown.sha256 == sha256(other_patients) and shown.score > 60, "the other file's content, under its hash"
+
+
+def test_a_huge_capture_is_decoded_aside_and_never_holds_up_the_capture_behind_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import pyfundus.io
+
+    def slow_decode(path, **limits):  # the heavy capture's decode, made slow for certain
+        time.sleep(1.5)
+        return pyfundus.io.read_image(path, **limits)
+
+    monkeypatch.setattr(scoring, "read_image", slow_decode, raising=False)
+    buffer = io.BytesIO()
+    Image.new("RGB", (5000, 4000), (150, 60, 30)).save(buffer, format="PNG")  # 20 MP in a few KB
+    with running(tmp_path) as h:
+        huge = write(h.folder / "huge.png", buffer.getvalue())
+        good = write(h.folder / "good.png", png_bytes(200))
+        h.wait_done(huge, good)
+        h.wait_idle()
+    assert [Path(v.path).name for v in h.verdicts] == ["good.png", "huge.png"], "the good capture must not wait for the huge one"
+    assert [real(huge)] in h.scorer.calls and [real(good)] in h.scorer.calls, "neither waited in the other's batch"
+    [verdict] = h.shown(huge)
+    assert verdict.state == "scored" and verdict.sha256 == sha256(buffer.getvalue())
+    assert abs(verdict.score - 80 / 255 * 100) < 0.01
 
 
 def test_a_scorer_crash_costs_only_the_image_that_caused_it(tmp_path):
