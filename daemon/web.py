@@ -16,9 +16,11 @@ optional port, nothing else) and must come exactly once. A client has
 nothing does not hold a thread for longer.
 ``/healthz`` and ``/metrics`` carry counts only, never a name or an ID.
 
-Thumbnails (``/thumb/<sha256>``) are made only from captures the page holds
-(today's, from the ledger), only from files inside the watched folder, and
-only while the file still has the content that was scored.
+Thumbnails (``/thumb/<sha256>``) are made only for scored captures the page
+holds (today's, from the ledger; a failed capture has none: it may be the
+huge or broken file that failed), only from files inside the watched folder,
+and only while the file still has the content that was scored. They are made
+one at a time and cached, so parallel requests decode a capture once.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class Board:
         self.metrics = Metrics()
         self._day = date.today()
         self._today: collections.OrderedDict[tuple[str, str], dict[str, Any]] = collections.OrderedDict()
-        self._paths: dict[str, set[str]] = {}  # sha256 -> paths of today's captures: what /thumb may open
+        self._paths: dict[str, set[str]] = {}  # sha256 -> paths of today's scored captures: what /thumb may open
         self._latest: dict[str, Any] | None = None
         self._latest_when = 0.0
         self._events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=EVENTS_KEPT)
@@ -127,7 +129,8 @@ class Board:
         self._today[key] = record
         if len(self._today) > HISTORY_LIMIT:
             self._today.popitem(last=False)
-        self._paths.setdefault(verdict.sha256, set()).add(verdict.path)
+        if verdict.outcome != FAILED:
+            self._paths.setdefault(verdict.sha256, set()).add(verdict.path)
         if when >= self._latest_when:
             self._latest, self._latest_when = record, when
         return record
@@ -293,6 +296,7 @@ class OperatorWeb:
         self._page = PAGE.read_bytes()
         self._thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._thumbs_lock = threading.Lock()
+        self._making_thumb = threading.Lock()  # one decode at a time: a huge capture's decode is memory
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -380,10 +384,20 @@ class OperatorWeb:
 
     def thumbnail(self, sha256: str) -> bytes | None:
         """A JPEG of the capture, from a file inside the watched folder that still holds what was scored."""
+        cached = self._cached_thumbnail(sha256)
+        if cached is not None:
+            return cached
+        with self._making_thumb:
+            return self._cached_thumbnail(sha256) or self._new_thumbnail(sha256)  # made while we waited?
+
+    def _cached_thumbnail(self, sha256: str) -> bytes | None:
         with self._thumbs_lock:
             if sha256 in self._thumbs:
                 self._thumbs.move_to_end(sha256)
                 return self._thumbs[sha256]
+        return None
+
+    def _new_thumbnail(self, sha256: str) -> bytes | None:
         for path in self.board.paths_of(sha256):
             real = os.path.realpath(path)
             if os.path.commonpath([real, self.root]) != self.root:

@@ -19,11 +19,12 @@ import sys
 import threading
 import time
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_helpers import LedgerView, dicom_bytes, jpeg_bytes, png_bytes, sha256, wait_for, write
+from daemon_helpers import BrightnessScorer, LedgerView, dicom_bytes, jpeg_bytes, png_bytes, sha256, wait_for, write
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from web_helpers import serving
@@ -145,6 +146,46 @@ def test_thumbnails_come_only_from_unchanged_files_inside_the_watched_folder(tmp
         assert s.get("/thumb/../../etc/passwd")[0] == 404
         assert s.get("/thumb/%2e%2e%2f%2e%2e%2fetc%2fpasswd")[0] == 404
         assert s.get("/thumb/" + str(os.path.realpath(kept)))[0] == 404, "paths are never accepted"
+
+
+def test_a_failed_capture_has_no_thumbnail(tmp_path):
+    class NoFieldOfView(BrightnessScorer):
+        """Fails a readable image, as the model does when it finds no field of view."""
+
+        def score(self, inputs, *, batch_size=8):
+            results = super().score(inputs, batch_size=batch_size)
+            for result in results:
+                if "nofov" in result.path:
+                    result.score = result.quality_class = None
+                    result.error = f"{result.path}: no field of view found"
+            return results
+
+    with serving(tmp_path, scorer=NoFieldOfView(), **FAST) as s:
+        capture = write(s.folder / "nofov.png", png_bytes(GOOD))
+        done(s, capture)
+        (row,) = shown(s, 1)
+        assert row["class"] == "Failed" and row["thumb"] is None
+        assert s.get(f"/thumb/{sha256(capture.read_bytes())}")[0] == 404, "not made, even when asked for"
+
+
+def test_parallel_thumbnail_requests_decode_the_capture_once(tmp_path, monkeypatch):
+    made = []
+
+    def slow_thumbnail(data):
+        made.append(len(data))
+        time.sleep(0.5)  # a big capture: the other requests arrive while it decodes
+        return b"\xff\xd8\xff thumbnail"
+
+    monkeypatch.setattr(web, "_make_thumbnail", slow_thumbnail)
+    with serving(tmp_path, **FAST) as s:
+        capture = write(s.folder / "big.png", png_bytes(GOOD))
+        done(s, capture)
+        (row,) = shown(s, 1)
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: s.get(row["thumb"]), range(3)))
+        assert [status for status, _, _ in answers] == [200] * 3
+        assert s.get(row["thumb"])[2] == b"\xff\xd8\xff thumbnail"
+    assert len(made) == 1, "decoded once, then served from the cache"
 
 
 def test_only_loopback_host_names_are_answered_while_listening_on_loopback(tmp_path):
