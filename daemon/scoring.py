@@ -241,16 +241,16 @@ class ScoringWorker(threading.Thread):
         except LedgerError as exc:
             log.error("%s", exc)
         readable = [item for item in batch if not isinstance(item.decoded, ImageReadError)]
-        scored = iter(self._score([item.decoded or item.path for item in readable]) if readable else [])
-        results = [_failed_read(item.decoded) if isinstance(item.decoded, ImageReadError) else next(scored)
+        from_model = iter(self._score([item.decoded or item.path for item in readable]) if readable else [])
+        results = [_failed_read(item.decoded) if isinstance(item.decoded, ImageReadError) else next(from_model)
                    for item in batch]  # fmt: skip
         for item in batch:
             item.decoded = None  # scored: its pixels need not outlive the batch (held verdicts keep the item)
         now = time.time()
         done = []
         for item, result in zip(batch, results):
-            scored = getattr(result, "sha256", None)  # None: nothing was read (file gone, scorer crash)
-            if scored is not None and scored != item.sha256:
+            read = getattr(result, "sha256", None)  # None: nothing was read (file gone, scorer crash)
+            if read is not None and read != item.sha256:
                 self._release(item, Hint.CHANGED, "holds other bytes than were hashed: not scored as that capture")
             elif getattr(result, "incomplete", False) and not item.stalled:
                 self._release(item, Hint.INCOMPLETE, "looks unfinished: waiting for the rest of it")
@@ -320,6 +320,7 @@ class ScoringWorker(threading.Thread):
         self.sinks.emit(verdict for verdict in stored if verdict.sha256 in new)
 
     def _finish(self) -> None:
+        self._heavy.stop()
         left = self.held + self.work.qsize()
         if left:
             log.warning("%d queued capture(s) not scored before the drain deadline: scored at the next start", left)
@@ -347,12 +348,18 @@ class _HeavyReader(threading.Thread):
         self.ledger = ledger
         self.min_side = min_side  # what the model needs: the reader may decode a reduced picture
         self.pending = 0
-        self._todo: queue.Queue[WorkItem] = queue.Queue()
+        self._todo: queue.Queue[WorkItem | None] = queue.Queue()  # None: wake up to stop
         self._done: collections.deque[WorkItem] = collections.deque()
+        self._stopping = threading.Event()
 
     def give(self, item: WorkItem) -> None:
         self.pending += 1
         self._todo.put(item)
+
+    def stop(self) -> None:
+        """After the decode in hand, if any: what is still to decode stays pending in the ledger."""
+        self._stopping.set()
+        self._todo.put(None)
 
     def take(self) -> WorkItem | None:
         try:
@@ -363,8 +370,7 @@ class _HeavyReader(threading.Thread):
         return item
 
     def run(self) -> None:
-        while True:
-            item = self._todo.get()
+        while (item := self._todo.get()) is not None and not self._stopping.is_set():
             if item.claimed:
                 try:
                     self.ledger.begin_attempts([item.sha256])

@@ -20,12 +20,12 @@ Design notes:
   PNG/TIFF, BitsStored for DICOM), never stretched to the image's own range:
   exposure is part of image quality and must survive the conversion.
 * Memory is bounded by bytes, not only by pixels: a 389 KB PNG can declare
-  10000x10000 RGBA, 400 MB once decoded. Decodes in one process share
-  ``DECODE_MEMORY_BYTES`` (a larger one waits until it can run alone); the
-  picture is converted to RGB strip by strip, never through full-size copies;
-  and a PNG, TIFF or BMP whose RGB picture would exceed ``REDUCE_ABOVE_BYTES``
-  is box-reduced while it is converted, by the 1/2, 1/4 or 1/8 that a JPEG's
-  draft would take for the same ``min_side``.
+  10000x10000 RGBA, 400 MB once decoded. Decodes in one process (PIL formats
+  and DICOM) share ``DECODE_MEMORY_BYTES`` (a larger one waits until it can
+  run alone); a PIL picture is converted to RGB strip by strip, never through
+  full-size copies; and a PNG, TIFF or BMP whose RGB picture would exceed
+  ``REDUCE_ABOVE_BYTES`` is box-reduced while it is converted, by the 1/2,
+  1/4 or 1/8 that a JPEG's draft would take for the same ``min_side``.
 * File names and DICOM tags are patient data: this module never logs them.
 """
 
@@ -521,18 +521,22 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
     _check_size(name, cols, rows, limits)
     syntax = _transfer_syntax(header)
     _check_decoder(name, syntax)
+    # The pixel data as read, the decoded frame in its own depth, and the 8-bit RGB picture.
+    sample_bytes = -(-int(header.get("BitsAllocated") or 8) // 8)
+    memory = rows * cols * (2 * int(header.get("SamplesPerPixel") or 1) * sample_bytes + 3)
 
-    fp.seek(0)
-    try:
-        ds = pydicom.dcmread(fp, force=force)
-    except Exception as e:
-        raise ImageReadError(name, f"corrupt DICOM file ({e})") from e
-    if "PixelData" not in ds:
-        # pydicom drops encapsulated pixel data that lacks its closing delimiter: cut short, or stripped.
-        raise ImageReadError(name, "DICOM has no pixel data (cut short, or stripped)", incomplete=True)
-    ds.file_meta.TransferSyntaxUID = syntax
-    _check_pixel_data_length(ds, name, syntax)
-    pixels, gray = _dicom_pixels(ds, name)
+    with DECODE_MEMORY.reserve(memory):
+        fp.seek(0)
+        try:
+            ds = pydicom.dcmread(fp, force=force)
+        except Exception as e:
+            raise ImageReadError(name, f"corrupt DICOM file ({e})") from e
+        if "PixelData" not in ds:
+            # pydicom drops encapsulated pixel data that lacks its closing delimiter: cut short, or stripped.
+            raise ImageReadError(name, "DICOM has no pixel data (cut short, or stripped)", incomplete=True)
+        ds.file_meta.TransferSyntaxUID = syntax
+        _check_pixel_data_length(ds, name, syntax)
+        pixels, gray = _dicom_pixels(ds, name)
 
     image = FundusImage(
         pixels=pixels,
