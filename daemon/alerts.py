@@ -12,16 +12,18 @@ deadline to deliver what it holds; what is left is logged as lost.
 Payload (command stdin and webhook body): the verdict as JSON, as in
 ``pyfundus results export``, plus ``"event": "pyfundus.alert"``. With
 ``alert_redact`` (the default) the file name, patient ID and DICOM UIDs are
-emptied and paths are scrubbed from messages: the webhook leaves the
-machine. The sha256 still identifies the capture in the local ledger.
+emptied and the capture's paths are scrubbed from messages (``logs.Redactor``):
+the webhook leaves the machine. The sha256 still identifies the capture in the local ledger.
 """
 
 from __future__ import annotations
 
 import collections
+import http.client
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -32,7 +34,7 @@ from typing import Any, Callable
 from pyfundus.version import __version__
 
 from .config import WatchConfig
-from .logs import Redactor
+from .logs import Redactor, file_paths, printable
 from .records import Verdict
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,11 @@ class CommandAlert:
 
 
 class WebhookAlert:
-    """POSTs the JSON payload; retries timeouts, connection errors, 429 and 5xx with doubling pauses."""
+    """POSTs the JSON payload; retries timeouts, connection errors, 429 and 5xx with doubling pauses.
+
+    ``timeout`` bounds each attempt as a whole (connect, send, the answer), not each read: a server
+    that trickles its answer a byte at a time would otherwise hold the channel for as long as it likes.
+    """
 
     def __init__(self, url: str, timeout: float, attempts: int, *, closing: threading.Event,
                  first_backoff: float = FIRST_BACKOFF) -> None:  # fmt: skip
@@ -160,15 +166,92 @@ class WebhookAlert:
             self.url, data=body, method="POST",
             headers={"Content-Type": "application/json", "User-Agent": f"pyfundus/{__version__}"},
         )  # fmt: skip
+        deadline = _Deadline(self.timeout)
+        opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with deadline, opener.open(request, timeout=self.timeout) as response:
                 response.read()
             return None
         except urllib.error.HTTPError as exc:
             transient = exc.code in (408, 429) or exc.code >= 500
             return f"{'retry:' if transient else ''}HTTP {exc.code} {exc.reason}"
-        except (urllib.error.URLError, OSError) as exc:  # refused, DNS, timeout, reset
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:  # refused, DNS, timeout, reset
+            if deadline.expired:
+                return f"retry:no complete answer within {self.timeout:g} s"
             return f"retry:{getattr(exc, 'reason', None) or exc}"
+
+
+class _Deadline:
+    """Shuts the sockets of one webhook attempt down when its time is up.
+
+    A socket timeout limits each read, so it never ends a server that sends a byte every second;
+    shutting the socket down makes the blocked read return at once.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+
+    def __enter__(self) -> _Deadline:
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:  # connected just after the deadline
+                _shut(sock)
+
+    def connection(self, base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        """``base`` with its socket handed to this deadline as soon as it is connected."""
+        deadline = self
+
+        class Connection(base):  # type: ignore[misc, valid-type]
+            def connect(self) -> None:
+                super().connect()
+                deadline.watch(self.sock)
+
+        return Connection
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.deadline.connection(http.client.HTTPConnection), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self.deadline = deadline
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(self.deadline.connection(http.client.HTTPSConnection), req, context=self._context)
 
 
 class DesktopAlert:
@@ -188,8 +271,8 @@ class DesktopAlert:
         grade = verdict.outcome
         title = "RETAKE: " if grade == "Reject" else ""
         title += f"pyfundus {grade}" + (f" {verdict.score:.0f}" if verdict.score is not None else "")
-        detail = verdict.error or verdict.reason or ""
-        body = self.names.scrub(f"{self.names.label(verdict.path)}: {detail.removeprefix(verdict.path + ': ')}")
+        detail = (verdict.error or verdict.reason or "").removeprefix(verdict.path + ": ")
+        body = printable(self.names.scrub(f"{self.names.label(verdict.path)}: {detail}", file_paths(verdict)))
         urgency = "critical" if grade in ("Reject", "Failed") else "normal"
         try:
             done = subprocess.run(

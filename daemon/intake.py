@@ -12,6 +12,10 @@ sighting that reuses the verdict) -> bounded work queue.
 A file that looks unfinished (no end marker, or no close-write) but stops
 changing for ``incomplete_grace`` seconds is queued anyway: a cut-short file
 then fails with the reader's "truncated" message instead of waiting forever.
+Formats without an end marker (DICOM, TIFF) are found unfinished by the
+reader: the scorer records no verdict for them and hands them back here
+(``Hint.INCOMPLETE``), and they wait the same way, each write starting the
+wait again. Only a file that stopped changing gets "truncated" as its verdict.
 
 Non-image files (no image signature and no image extension) are ignored and
 never enter the ledger; they are remembered in memory by size and mtime so
@@ -166,7 +170,8 @@ class Intake(threading.Thread):
                     self._ignored[real] = current
                 log.debug("ignoring %s: not an image", self.names.label(real))
                 return
-            if kind is Probe.INCOMPLETE or entry.hint is Hint.WRITING:
+            unfinished = kind is Probe.INCOMPLETE or entry.hint in (Hint.WRITING, Hint.INCOMPLETE)
+            if unfinished:
                 if now - entry.changed_at < self.incomplete_grace:
                     self._later(path, entry, self.settle)
                     return
@@ -184,7 +189,7 @@ class Intake(threading.Thread):
             entry.hint, entry.last, entry.changed_at = Hint.CHANGED, after, time.monotonic()
             self._later(path, entry, self.settle)
             return
-        self._claim(real, sha256, current, entry.detected_at)
+        self._claim(WorkItem(sha256, real, current, entry.detected_at, stalled=unfinished))
 
     def _known(self, path: str, stat: FileStat) -> bool:
         try:
@@ -192,23 +197,24 @@ class Intake(threading.Thread):
         except LedgerError:
             return False  # the claim below reports the ledger problem
 
-    def _claim(self, path: str, sha256: str, stat: FileStat, detected_at: float) -> None:
+    def _claim(self, item: WorkItem) -> None:
         try:
-            outcome, verdict = self.ledger.claim(sha256, path, stat, time.time())
+            outcome, verdict = self.ledger.claim(item.sha256, item.path, item.stat, time.time())
         except LedgerError as exc:
-            if sha256 in self._unclaimed:
+            if item.sha256 in self._unclaimed:
                 return
-            label = self.names.label(path)
+            label = self.names.label(item.path)
             log.error("%s; scoring %s anyway, its verdict is held until the ledger takes it", exc, label)
-            self._unclaimed.add(sha256)
-            self._enqueue(WorkItem(sha256, path, stat, detected_at, claimed=False))
+            self._unclaimed.add(item.sha256)
+            item.claimed = False
+            self._enqueue(item)
             return
         if outcome == NEW:
-            self._enqueue(WorkItem(sha256, path, stat, detected_at))
+            self._enqueue(item)
         elif outcome == DUPLICATE and verdict is not None:
             log.info(
                 "%s has the same content as %s: not scored again",
-                self.names.label(path), self.names.label(verdict.duplicate_of or ""),
+                self.names.label(item.path), self.names.label(verdict.duplicate_of or ""),
             )  # fmt: skip
             if verdict.state != "pending":  # else the scorer announces it with the original
                 self.sinks.emit([verdict])

@@ -8,8 +8,9 @@ last commits on power loss only, which the pending-row protocol tolerates.
 The pending-row protocol: a capture is inserted as ``pending`` when it is
 queued, before it is scored, and updated to ``scored`` or ``failed`` after.
 At start-up, rows left pending are scored again; ``attempts`` counts scoring
-starts so a capture that kills the process twice is marked failed instead of
-crashing the daemon forever.
+starts, so the scorer can tell a capture it was scoring when the daemon died
+(scored again alone) and one that keeps killing it (failed, and said so, instead
+of crashing the daemon forever).
 
 A second path with the same content is a sighting marked ``duplicate``: it
 resolves to the same verdict and is never scored again.
@@ -227,8 +228,8 @@ class Ledger:
 
     # ---- start-up -----------------------------------------------------------
 
-    def pending(self) -> list[tuple[WorkItem, int]]:
-        """Captures left pending by the last run, oldest first, with their scoring attempts so far."""
+    def pending(self) -> list[WorkItem]:
+        """Captures left pending by the last run, oldest first; ``interrupted``: their scoring attempts so far."""
         with self._reading("list pending captures") as conn:
             rows = conn.execute(
                 "SELECT c.sha256, c.path, c.attempts, s.size, s.mtime_ns FROM captures c "
@@ -236,15 +237,10 @@ class Ledger:
                 "WHERE c.state = 'pending' ORDER BY c.first_seen"
             ).fetchall()
         return [
-            (WorkItem(r["sha256"], r["path"], FileStat(r["size"], r["mtime_ns"]), detected_at=0.0), r["attempts"])
+            WorkItem(r["sha256"], r["path"], FileStat(r["size"], r["mtime_ns"]), detected_at=0.0,
+                     interrupted=r["attempts"])  # fmt: skip
             for r in rows
         ]
-
-    def fail(self, sha256: str, error: str, now: float) -> None:
-        with self._transaction("mark a capture failed") as conn:
-            conn.execute(
-                "UPDATE captures SET state = 'failed', error = ?, scored_at = ? WHERE sha256 = ?", (error, now, sha256)
-            )
 
     # ---- reading ------------------------------------------------------------
 

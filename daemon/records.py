@@ -17,6 +17,7 @@ class Hint(enum.Enum):
     CLOSED = "closed"  # closed after writing (inotify close-write) or renamed in: complete, one look suffices
     WRITING = "writing"  # open for writing, and its close-write will be reported: wait for that
     CHANGED = "changed"  # changed, and no close will be reported (polling, scans, non-Linux): two looks
+    INCOMPLETE = "incomplete"  # the reader found it unfinished: wait as for a writer, up to incomplete_grace
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,16 @@ class WorkItem:
     stat: FileStat
     detected_at: float  # time.monotonic() of the first event or scan that saw the file
     claimed: bool = True  # False: the ledger could not take the pending row, so the verdict inserts it
-    solo: bool = False  # True: a restart found it mid-score; scored alone so a crash blames only itself
+    stalled: bool = False  # True: it looked unfinished but stopped changing; "incomplete" is then its verdict
+    interrupted: int = 0  # scoring starts a crash of the daemon cut short (the ledger's count, at start-up)
+    # A heavy capture's pixels (a FundusImage) or why they could not be read (an ImageReadError), decoded off
+    # the scorer thread; scored instead of the path.
+    decoded: Any = None
+
+    @property
+    def solo(self) -> bool:
+        """Scored alone: a restart found it mid-score, so a crash while scoring it again blames only itself."""
+        return self.interrupted > 0
 
 
 @dataclass

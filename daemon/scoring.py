@@ -1,11 +1,25 @@
-"""The scorer thread: batches what is queued, scores it, checks the file did not change, commits.
+"""The scorer thread: batches what is queued, scores it, checks it scored the content it was given, commits.
 
 The model is any object with ``score(paths, batch_size=...)`` returning one
 ScoreResult-like object per path (``pyfundus.load_model`` gives one; tests
-inject a stub). A batch that makes the scorer raise is retried image by
-image, so one bad file costs only its own verdict. When the ledger cannot
-take a verdict, the verdict is still shown (sinks) and held in memory, and
-the commit is retried until it succeeds or the daemon stops.
+inject a stub). Each result's sha256 is that of the bytes the scorer actually
+read: a result for other bytes than the work item's (the file was rewritten or
+swapped since it was hashed, even keeping its size and mtime) is not that
+capture's verdict; the file goes back to intake, where its new content gets a
+claim of its own. A failure because the file is unfinished (a DICOM or TIFF
+still being written; they have no end marker for intake to check) is no
+verdict either: back to intake, which waits for the rest, unless intake
+already waited and the file stopped changing.
+
+Heavy captures (over HEAVY_PIXELS by their header) are decoded on a thread of
+their own, one at a time, and join a batch once decoded: the captures behind
+a huge image are scored while it decodes, never after it.
+
+A batch that makes the scorer raise is retried image by image, so one bad
+file costs only its own verdict; a capture that keeps killing the process
+(GIVE_UP_AFTER_INTERRUPTIONS) gets a failed verdict, announced like any other.
+When the ledger cannot take a verdict, the verdict is still shown (sinks) and
+held in memory, and the commit is retried until it succeeds or the daemon stops.
 """
 
 from __future__ import annotations
@@ -14,7 +28,6 @@ import collections
 import json
 import logging
 import math
-import os
 import queue
 import sys
 import threading
@@ -22,17 +35,28 @@ import time
 from types import SimpleNamespace
 from typing import Any, Callable, Protocol, Sequence
 
+from pyfundus.io import FundusImage, ImageReadError, declared_size, read_image, source_name
 from pyfundus.version import __version__
 
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
 from .logs import Redactor
-from .records import FileStat, Verdict, WorkItem
+from .records import Hint, Verdict, WorkItem
 from .sinks import SinkHub
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 5.0
+# Larger captures take longer to decode than a model call takes (a 100 MP PNG: seconds): decoded aside.
+HEAVY_PIXELS = 16_000_000
+# A capture the daemon died scoring is scored again alone at the next start, and once more alone after a second
+# death: a crash from outside (power, an OOM kill, an operator) must not cost a healthy capture its verdict.
+# Only a third death in a row, the last two while it was scored alone, blames the capture.
+GIVE_UP_AFTER_INTERRUPTIONS = 3
+KEEPS_CRASHING = (
+    "the daemon died three times while scoring this capture, the last two times while scoring it alone: "
+    "not tried again; check the file with `pyfundus score`"
+)
 
 
 class Scorer(Protocol):
@@ -113,7 +137,7 @@ class ScoringWorker(threading.Thread):
         sinks: SinkHub,
         names: Redactor,
         batch_size: int,
-        recheck: Callable[[str], object],
+        recheck: Callable[..., object],  # Intake.notify
     ) -> None:
         super().__init__(name="pyfundus-scorer", daemon=True)
         self.scorer = scorer
@@ -126,6 +150,7 @@ class ScoringWorker(threading.Thread):
         self.backend = describe_backend(scorer)
         # Items to take before the queue: a solo item that ended the previous batch, a re-targeted capture.
         self._front: collections.deque[WorkItem] = collections.deque()
+        self._heavy = _HeavyReader(ledger, min_side=getattr(getattr(scorer, "input", None), "size", None))
         self._unsaved: list[tuple[WorkItem, Verdict]] = []
         self._next_retry = 0.0
         self._draining = threading.Event()
@@ -145,7 +170,13 @@ class ScoringWorker(threading.Thread):
     def unsaved(self) -> int:
         return len(self._unsaved)
 
+    @property
+    def held(self) -> int:
+        """Captures taken from the queue but not scored yet: held back for the next batch, or heavy."""
+        return len(self._front) + self._heavy.pending
+
     def run(self) -> None:
+        self._heavy.start()
         try:
             while not self._should_stop():
                 batch = self._next_batch()
@@ -162,56 +193,91 @@ class ScoringWorker(threading.Thread):
     def _should_stop(self) -> bool:
         if not self._draining.is_set():
             return False
-        return time.monotonic() >= self._deadline or (not self._front and self.work.empty())
+        return time.monotonic() >= self._deadline or (not self.held and self.work.empty())
 
     def _next_batch(self) -> list[WorkItem]:
-        if self._front:
-            first = self._front.popleft()
-        else:
-            try:
-                first = self.work.get(timeout=0.2)
-            except queue.Empty:
-                return []
-        batch = [first]
-        while not first.solo and len(batch) < self.batch_size:
-            try:
-                item = self._front.popleft() if self._front else self.work.get_nowait()
-            except queue.Empty:
+        batch: list[WorkItem] = []
+        while len(batch) < self.batch_size:
+            item = self._take(wait=not batch)
+            if item is None:
                 break
-            if item.solo:
+            if self._is_heavy(item):
+                self._heavy.give(item)
+                continue
+            if item.solo and batch:
                 self._front.appendleft(item)
                 break
             batch.append(item)
+            if item.solo:
+                break
         return batch
 
-    def _process(self, batch: list[WorkItem]) -> None:
+    def _take(self, *, wait: bool) -> WorkItem | None:
+        """A held-back item first, then a decoded heavy one, then the queue."""
+        if self._front:
+            return self._front.popleft()
+        decoded = self._heavy.take()
+        if decoded is not None:
+            return decoded
         try:
-            self.ledger.begin_attempts([item.sha256 for item in batch if item.claimed])
+            if not wait:
+                return self.work.get_nowait()
+            return self.work.get(timeout=0.05 if self._heavy.pending else 0.2)  # a decoded one waits 50 ms at most
+        except queue.Empty:
+            return None
+
+    def _is_heavy(self, item: WorkItem) -> bool:
+        if item.decoded is not None or item.interrupted >= GIVE_UP_AFTER_INTERRUPTIONS:
+            return False
+        size = declared_size(item.path)
+        return size is not None and size[0] * size[1] > HEAVY_PIXELS
+
+    def _process(self, batch: list[WorkItem]) -> None:
+        if batch[0].interrupted >= GIVE_UP_AFTER_INTERRUPTIONS:  # a solo item: the batch is only it
+            self._give_up(batch[0])
+            return
+        try:  # a heavy capture's attempt was counted when its decode began
+            self.ledger.begin_attempts([item.sha256 for item in batch if item.claimed and item.decoded is None])
         except LedgerError as exc:
             log.error("%s", exc)
-        results = self._score([item.path for item in batch])
+        readable = [item for item in batch if not isinstance(item.decoded, ImageReadError)]
+        from_model = iter(self._score([item.decoded or item.path for item in readable]) if readable else [])
+        results = [_failed_read(item.decoded) if isinstance(item.decoded, ImageReadError) else next(from_model)
+                   for item in batch]  # fmt: skip
+        for item in batch:
+            item.decoded = None  # scored: its pixels need not outlive the batch (held verdicts keep the item)
         now = time.time()
         done = []
         for item, result in zip(batch, results):
-            if self._changed(item):
-                self._release(item)
+            read = getattr(result, "sha256", None)  # None: nothing was read (file gone, scorer crash)
+            if read is not None and read != item.sha256:
+                self._release(item, Hint.CHANGED, "holds other bytes than were hashed: not scored as that capture")
+            elif getattr(result, "incomplete", False) and not item.stalled:
+                self._release(item, Hint.INCOMPLETE, "looks unfinished: waiting for the rest of it")
             else:
                 done.append((item, Verdict.from_result(item, result, backend=self.backend, now=now)))
         self._commit(done)
 
-    def _score(self, paths: list[str]) -> list[Any]:
-        try:
-            results = list(self.scorer.score(paths, batch_size=self.batch_size))
-            if len(results) == len(paths):
-                return results
-            log.error("the scorer returned %d results for %d images; scoring them one by one", len(results), len(paths))
-        except Exception:
-            log.exception("the scorer failed on a batch of %d; scoring them one by one", len(paths))
-        return [self._score_one(path) for path in paths]
+    def _give_up(self, item: WorkItem) -> None:
+        log.error("%s: %s", self.names.label(item.path), KEEPS_CRASHING)
+        result = SimpleNamespace(path=item.path, error=f"{item.path}: {KEEPS_CRASHING}")
+        self._commit([(item, Verdict.from_result(item, result, backend=self.backend, now=time.time()))])
 
-    def _score_one(self, path: str) -> Any:
+    def _score(self, inputs: list[str | FundusImage]) -> list[Any]:
+        """One result per input: a path, or a heavy capture's decoded image."""
         try:
-            results = list(self.scorer.score([path], batch_size=1))
+            results = list(self.scorer.score(inputs, batch_size=self.batch_size))
+            if len(results) == len(inputs):
+                return results
+            log.error("the scorer returned %d results for %d images; scoring them one by one", len(results), len(inputs))
+        except Exception:
+            log.exception("the scorer failed on a batch of %d; scoring them one by one", len(inputs))
+        return [self._score_one(one) for one in inputs]
+
+    def _score_one(self, one: str | FundusImage) -> Any:
+        path = source_name(one)
+        try:
+            results = list(self.scorer.score([one], batch_size=1))
             if len(results) == 1:
                 return results[0]
             raise RuntimeError(f"{len(results)} results for one image")
@@ -219,15 +285,9 @@ class ScoringWorker(threading.Thread):
             log.exception("the scorer failed on %s", self.names.label(path))
             return SimpleNamespace(path=path, error=f"{path}: the scorer failed ({type(exc).__name__}: {exc})")
 
-    def _changed(self, item: WorkItem) -> bool:
-        """Whether the file was rewritten after it was hashed: then the score is not of that content."""
-        try:
-            return FileStat.of(os.stat(item.path)) != item.stat
-        except OSError:
-            return False  # removed since: its verdict (or its "file not found") stands
-
-    def _release(self, item: WorkItem) -> None:
-        log.info("%s changed after it was hashed; looking at it again", self.names.label(item.path))
+    def _release(self, item: WorkItem, hint: Hint, why: str) -> None:
+        """No verdict for this work item: drop its claim and let intake look at the file again."""
+        log.info("%s %s", self.names.label(item.path), why)
         if item.claimed:
             try:
                 other = self.ledger.release(item)
@@ -236,7 +296,7 @@ class ScoringWorker(threading.Thread):
                 other = None
             if other is not None:
                 self._front.append(other)  # the same content is still under another name
-        self.recheck(item.path)
+        self.recheck(item.path, hint=hint)
 
     def _commit(self, done: list[tuple[WorkItem, Verdict]]) -> None:
         batch = self._unsaved + done
@@ -260,13 +320,67 @@ class ScoringWorker(threading.Thread):
         self.sinks.emit(verdict for verdict in stored if verdict.sha256 in new)
 
     def _finish(self) -> None:
-        left = len(self._front) + self.work.qsize()
+        self._heavy.stop()
+        left = self.held + self.work.qsize()
         if left:
             log.warning("%d queued capture(s) not scored before the drain deadline: scored at the next start", left)
         self._commit([])
         for _, verdict in self._unsaved:
             # Last resort: the log (stderr included) is the only place left. The hash identifies the file.
-            record = verdict.to_dict()
-            if self.names.enabled:
-                record["patient_id"] = record["path"] = record["duplicate_of"] = None
-            log.critical("VERDICT LOST FROM THE LEDGER: %s", json.dumps(record))
+            log.critical("VERDICT LOST FROM THE LEDGER: %s", json.dumps(self.names.record(verdict)))
+
+
+def _failed_read(exc: ImageReadError) -> SimpleNamespace:
+    """The result of a heavy capture its reader could not decode, as the scorer would have given it."""
+    return SimpleNamespace(path=exc.path, error=str(exc), sha256=exc.sha256, incomplete=exc.incomplete)
+
+
+class _HeavyReader(threading.Thread):
+    """Decodes heavy captures one at a time (one near-cap image in memory at once), off the scorer thread.
+
+    ``give`` and ``take`` are for the scorer thread only; ``pending`` counts what was given and not yet
+    taken back. The attempt is counted in the ledger before the decode starts: a decode that kills the
+    process is an interrupted scoring like any other.
+    """
+
+    def __init__(self, ledger: Ledger, *, min_side: int | None) -> None:
+        super().__init__(name="pyfundus-heavy-reader", daemon=True)
+        self.ledger = ledger
+        self.min_side = min_side  # what the model needs: the reader may decode a reduced picture
+        self.pending = 0
+        self._todo: queue.Queue[WorkItem | None] = queue.Queue()  # None: wake up to stop
+        self._done: collections.deque[WorkItem] = collections.deque()
+        self._stopping = threading.Event()
+
+    def give(self, item: WorkItem) -> None:
+        self.pending += 1
+        self._todo.put(item)
+
+    def stop(self) -> None:
+        """After the decode in hand, if any: what is still to decode stays pending in the ledger."""
+        self._stopping.set()
+        self._todo.put(None)
+
+    def take(self) -> WorkItem | None:
+        try:
+            item = self._done.popleft()
+        except IndexError:
+            return None
+        self.pending -= 1
+        return item
+
+    def run(self) -> None:
+        while (item := self._todo.get()) is not None and not self._stopping.is_set():
+            if item.claimed:
+                try:
+                    self.ledger.begin_attempts([item.sha256])
+                except LedgerError as exc:
+                    log.error("%s", exc)
+            try:
+                item.decoded = read_image(item.path, min_side=self.min_side)
+            except ImageReadError as exc:
+                item.decoded = exc
+            except Exception as exc:  # a decoder bug costs this capture only
+                log.exception("unexpected failure while decoding a heavy capture")
+                item.decoded = ImageReadError(item.path, f"unexpected error while reading ({type(exc).__name__}: {exc})")
+            self._done.append(item)

@@ -41,11 +41,6 @@ from .web import OperatorWeb
 
 log = logging.getLogger(__name__)
 
-INTERRUPTED_TWICE = (
-    "scoring this capture was interrupted twice (the daemon died while scoring it); "
-    "not retried: check the file with `pyfundus score`"
-)
-
 
 class Daemon:
     def __init__(
@@ -157,7 +152,7 @@ class Daemon:
             "folder_present": not self._folder_missing,
             "observer_restarts": self.watcher.restarts if self.watcher else 0,
             "settling": self.intake.settling if self.intake else 0,
-            "queued": self.work.qsize() if self.work else 0,
+            "queued": (self.work.qsize() if self.work else 0) + (self.scoring.held if self.scoring else 0),
             "unsaved_verdicts": self.scoring.unsaved if self.scoring else 0,
             "observer_alive": self.watcher is not None and not self._folder_missing and self.watcher.problem() is None,
             "model": getattr(self.scoring.scorer, "name", None) if self.scoring else None,
@@ -206,17 +201,11 @@ class Daemon:
         self._lock.release()
 
     def _recover(self) -> list[WorkItem]:
-        """Pending rows from the last run: re-score each once, alone; give up on a second interruption."""
+        """Pending rows from the last run, for the scorer to take first (it decides what a crash means)."""
         assert self.ledger is not None
-        initial = []
-        for item, attempts in self.ledger.pending():
-            if attempts >= 2:
-                self.ledger.fail(item.sha256, INTERRUPTED_TWICE, time.time())
-                log.error("%s: %s", self.names.label(item.path), INTERRUPTED_TWICE)
-                continue
+        initial = self.ledger.pending()
+        for item in initial:
             item.detected_at = time.monotonic()
-            item.solo = attempts >= 1  # it was being scored when the last run died
-            initial.append(item)
         return initial
 
     # ---- supervision --------------------------------------------------------

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TextIO
 
-from .logs import Redactor
+from .logs import Redactor, file_paths, printable
 from .records import Verdict
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,8 @@ class VerdictPrinter:
     """The operator's stdout: ``time  file  score  class  eye  reason``, or one JSON object per line.
 
     Files are named as in the log: relative paths, or with ``--redact-identifiers`` the log's pseudonyms
-    (and JSON lines without paths, patient IDs or DICOM UIDs).
+    (and JSON lines without paths, patient IDs or DICOM UIDs). A text line has its control characters
+    escaped, so a file name cannot add a line of its own; JSON escapes them itself.
     """
 
     def __init__(self, stream: TextIO, *, names: Redactor, json_lines: bool) -> None:
@@ -106,7 +107,9 @@ class VerdictPrinter:
         score = f"{verdict.score:5.1f}" if verdict.score is not None else "    -"
         grade = verdict.quality_class or verdict.state.upper()
         note = verdict.error or verdict.reason or "-"
-        note = self.names.scrub(note.removeprefix(f"{verdict.path}: "))  # reader errors start with the path
+        note = note.removeprefix(f"{verdict.path}: ")  # reader errors start with the path
+        note = self.names.scrub(note, file_paths(verdict))
         if verdict.duplicate_of:
             note += f" (same image as {self.names.label(verdict.duplicate_of)})"
-        return f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {score}  {grade:<7}  {verdict.eye or '-'}  {note}"
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {name}  {score}  {grade:<7}  {verdict.eye or '-'}  {note}"
+        return printable(line)

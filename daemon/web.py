@@ -10,11 +10,17 @@ Patient data: the page and ``/api/*`` show file names and patient IDs, for
 the operator at this machine. So the server listens on 127.0.0.1 by default
 and, while it listens on loopback, refuses requests whose Host header is not
 a loopback name (a web page elsewhere cannot read it through DNS rebinding).
+The Host header is parsed strictly (a name or an [IPv6] literal, then an
+optional port, nothing else) and must come exactly once. A client has
+``request_timeout`` seconds for each read and write: a connection that sends
+nothing does not hold a thread for longer.
 ``/healthz`` and ``/metrics`` carry counts only, never a name or an ID.
 
-Thumbnails (``/thumb/<sha256>``) are made only from captures the page holds
-(today's, from the ledger), only from files inside the watched folder, and
-only while the file still has the content that was scored.
+Thumbnails (``/thumb/<sha256>``) are made only for scored captures the page
+holds (today's, from the ledger; a failed capture has none: it may be the
+huge or broken file that failed), only from files inside the watched folder,
+and only while the file still has the content that was scored. They are made
+one at a time and cached, so parallel requests decode a capture once.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from pyfundus.verdicts import CLASSES, FAILED, iso_time
 
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
+from .logs import printable
 from .records import Verdict
 from .statedir import MIN_FREE_BYTES
 
@@ -53,11 +60,14 @@ PAGE = Path(__file__).with_name("operator_page.html")
 THUMB_SIDE = 480  # px, the longer side; the page shows it at about 40% of the screen height
 THUMB_CACHE = 32
 KEEPALIVE_SECONDS = 15.0  # under the idle timeouts of proxies and of the browser's own connection
+REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request (or to take an event)
 EVENTS_KEPT = 256  # a reconnect further behind than this reloads the page's state instead
 HISTORY_LIMIT = 5000  # captures held per day: far above a clinic day
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# RFC 9110 Host: uri-host [":" port], where uri-host is a name, an IPv4 address or an [IPv6] literal.
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
 
 
 class Behind(Exception):
@@ -78,7 +88,7 @@ class Board:
         self.metrics = Metrics()
         self._day = date.today()
         self._today: collections.OrderedDict[tuple[str, str], dict[str, Any]] = collections.OrderedDict()
-        self._paths: dict[str, set[str]] = {}  # sha256 -> paths of today's captures: what /thumb may open
+        self._paths: dict[str, set[str]] = {}  # sha256 -> paths of today's scored captures: what /thumb may open
         self._latest: dict[str, Any] | None = None
         self._latest_when = 0.0
         self._events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=EVENTS_KEPT)
@@ -119,16 +129,18 @@ class Board:
         self._today[key] = record
         if len(self._today) > HISTORY_LIMIT:
             self._today.popitem(last=False)
-        self._paths.setdefault(verdict.sha256, set()).add(verdict.path)
+        if verdict.outcome != FAILED:
+            self._paths.setdefault(verdict.sha256, set()).add(verdict.path)
         if when >= self._latest_when:
             self._latest, self._latest_when = record, when
         return record
 
     def _record(self, verdict: Verdict, when: float) -> dict[str, Any]:
+        """What the page shows of a verdict; texts with their control characters escaped."""
         failed = verdict.outcome == FAILED
         reason = verdict.error if failed else verdict.reason
         if reason:
-            reason = reason.removeprefix(f"{verdict.path}: ")  # reader errors start with the path
+            reason = printable(reason.removeprefix(f"{verdict.path}: "))  # reader errors start with the path
         duplicate_of = self.name(verdict.duplicate_of) if verdict.duplicate_of else None
         return {
             "id": verdict.sha256,
@@ -136,8 +148,8 @@ class Board:
             "time": iso_time(when),
             "class": verdict.outcome,
             "score": None if verdict.score is None else round(verdict.score, 1),
-            "eye": verdict.eye,
-            "patient_id": verdict.patient_id,
+            "eye": verdict.eye and printable(verdict.eye),
+            "patient_id": verdict.patient_id and printable(verdict.patient_id),
             "reason": reason,
             "duplicate_of": duplicate_of,
             "trained": verdict.trained,
@@ -146,7 +158,7 @@ class Board:
 
     def name(self, path: str) -> str:
         relative = os.path.relpath(path, self.root)
-        return path if relative.startswith("..") else relative
+        return printable(path if relative.startswith("..") else relative)
 
     # ---- reading ------------------------------------------------------------
 
@@ -271,17 +283,20 @@ class OperatorWeb:
         state_dir: Path,
         status: Callable[[], dict[str, Any]],
         keepalive: float = KEEPALIVE_SECONDS,
+        request_timeout: float = REQUEST_TIMEOUT,
     ) -> None:
         self.host, self.port = host, port
         self.root = root
         self.state_dir = Path(state_dir)
         self.status = status
         self.keepalive = keepalive
+        self.request_timeout = request_timeout
         self.board = Board(root)
         self.loopback_only = _is_loopback(host)
         self._page = PAGE.read_bytes()
         self._thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._thumbs_lock = threading.Lock()
+        self._making_thumb = threading.Lock()  # one decode at a time: a huge capture's decode is memory
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -369,10 +384,20 @@ class OperatorWeb:
 
     def thumbnail(self, sha256: str) -> bytes | None:
         """A JPEG of the capture, from a file inside the watched folder that still holds what was scored."""
+        cached = self._cached_thumbnail(sha256)
+        if cached is not None:
+            return cached
+        with self._making_thumb:
+            return self._cached_thumbnail(sha256) or self._new_thumbnail(sha256)  # made while we waited?
+
+    def _cached_thumbnail(self, sha256: str) -> bytes | None:
         with self._thumbs_lock:
             if sha256 in self._thumbs:
                 self._thumbs.move_to_end(sha256)
                 return self._thumbs[sha256]
+        return None
+
+    def _new_thumbnail(self, sha256: str) -> bytes | None:
         for path in self.board.paths_of(sha256):
             real = os.path.realpath(path)
             if os.path.commonpath([real, self.root]) != self.root:
@@ -411,7 +436,7 @@ def _make_thumbnail(data: bytes) -> bytes | None:
 
 
 def _is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
+    if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -442,8 +467,15 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "pyfundus"
     sys_version = ""
 
+    def setup(self) -> None:
+        self.timeout = self.server.web.request_timeout  # applied to the connection by setup()
+        super().setup()
+
     def do_GET(self) -> None:
         web = self.server.web
+        if len(self.headers.get_all("Host") or ()) > 1:
+            self._send(HTTPStatus.BAD_REQUEST, b"one Host header, please\n", "text/plain; charset=utf-8")
+            return
         if web.loopback_only and not self._host_is_loopback():
             self._send(HTTPStatus.FORBIDDEN, b"this page answers only to localhost\n", "text/plain; charset=utf-8")
             return
@@ -515,17 +547,16 @@ class _Handler(BaseHTTPRequestHandler):
                 for event_id, record in events:
                     self._write(f"id: {event_id}\nevent: verdict\ndata: {json.dumps(record)}\n\n")
                     after = int(event_id.rpartition("-")[2])
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the page went away
+        except OSError:
+            return  # the page went away, or stopped reading for request_timeout
 
     def _write(self, text: str) -> None:
         self.wfile.write(text.encode())
         self.wfile.flush()
 
     def _host_is_loopback(self) -> bool:
-        host = self.headers.get("Host", "")
-        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
-        return name.lower() in _LOOPBACK_NAMES
+        match = _HOST.fullmatch(self.headers.get("Host", ""))
+        return match is not None and _is_loopback(match["ipv6"] or match["name"])
 
     def _json(self, code: HTTPStatus, body: Any) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")

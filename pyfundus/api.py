@@ -155,16 +155,17 @@ class QualityModel:
         try:
             image = item if isinstance(item, FundusImage) else read_image(item, min_side=self.input.size)
             read_done = time.perf_counter()
+            result.sha256 = image.sha256  # also on a failure below: it says which content failed
+            result.camera = image.camera
             tensor, _ = preprocess(image.pixels, self.input)
         except ImageReadError as exc:  # its message already names the file
+            result.sha256, result.incomplete = exc.sha256, exc.incomplete
             return _failed(result, str(exc), started)
         except NoFundusError as exc:
             return _failed(result, f"{path or 'image'}: {exc}", started)
         except Exception as exc:  # a decoder bug must cost one image, not the whole batch
             log.exception("unexpected failure while reading an image")
             return _failed(result, f"{path or 'image'}: unexpected error while reading ({type(exc).__name__}: {exc})", started)
-        result.sha256 = image.sha256
-        result.camera = image.camera
         result.eye = image.eye
         result.patient_id = image.patient_id
         result.study_uid = image.study_uid

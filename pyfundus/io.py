@@ -19,6 +19,13 @@ Design notes:
 * High bit depths are scaled to 8 bits by the *declared* bit depth (16 for
   PNG/TIFF, BitsStored for DICOM), never stretched to the image's own range:
   exposure is part of image quality and must survive the conversion.
+* Memory is bounded by bytes, not only by pixels: a 389 KB PNG can declare
+  10000x10000 RGBA, 400 MB once decoded. Decodes in one process (PIL formats
+  and DICOM) share ``DECODE_MEMORY_BYTES`` (a larger one waits until it can
+  run alone); a PIL picture is converted to RGB strip by strip, never through
+  full-size copies; and a PNG, TIFF or BMP whose RGB picture would exceed
+  ``REDUCE_ABOVE_BYTES`` is box-reduced while it is converted, by the 1/2,
+  1/4 or 1/8 that a JPEG's draft would take for the same ``min_side``.
 * File names and DICOM tags are patient data: this module never logs them.
 """
 
@@ -29,6 +36,7 @@ import hashlib
 import io
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import IO, Any, Iterator, Union
@@ -38,7 +46,6 @@ from PIL import (
     BmpImagePlugin,
     Image,
     ImageFile,
-    ImageOps,
     JpegImagePlugin,
     PngImagePlugin,
     TiffImagePlugin,
@@ -53,6 +60,7 @@ __all__ = [
     "FundusImage",
     "ImageReadError",
     "camera_key",
+    "declared_size",
     "encode_jpeg",
     "is_probably_image",
     "peek_camera",
@@ -62,6 +70,13 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 100_000_000
 # A file is read whole (so its hash is of exactly the bytes decoded); no fundus capture comes near this.
 DEFAULT_MAX_BYTES = 1 << 30
+# Decoded pixels all decodes of a process may hold at once; one that needs more runs alone. A 100 MP RGBA
+# PNG takes 400 MB in Pillow: without a bound, four at once and a thumbnail took 5-6 GB.
+DECODE_MEMORY_BYTES = 512 << 20
+# A PNG, TIFF or BMP whose RGB picture would be larger (about 22 MP) is reduced while converted, when the
+# caller says how much it needs (min_side). Camera captures stay below it and are decoded as they are.
+REDUCE_ABOVE_BYTES = 64 << 20
+_STRIP_BYTES = 8 << 20  # converted per strip of about this many source bytes
 # The frame of the FQS cameras' photos (Gong et al., arXiv:2411.12273): 2304 x 1728.
 CAMERA_FRAME = (2304, 1728)
 UNKNOWN_CAMERA = "unknown"
@@ -97,20 +112,42 @@ _UNSUPPORTED_SIGNATURES: tuple[tuple[bytes, int, str], ...] = (
 _BMP_HEADER_SIZES = tuple(struct.pack("<I", n) for n in (12, 40, 52, 56, 64, 108, 124))
 
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_PILLOW_REDUCES = ("L", "LA", "RGB", "RGBA")  # modes Image.reduce averages as colours (not palette indices)
+
+_ORIENTATION = 0x0112  # EXIF
+# EXIF orientation -> the numpy view that shows the picture upright (as ImageOps.exif_transpose would).
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+    8: lambda a: np.rot90(a),
+}
+
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # a DICOM element (encapsulated pixel data) that runs until its delimiter
 
 _LATERALITY = {"L": "L", "R": "R", "LEFT": "L", "RIGHT": "R", "OS": "L", "OD": "R"}
 
 
 class ImageReadError(ValueError):
-    """A file could not be read as a fundus image; ``str()`` is ``"{path}: {reason}"``."""
+    """A file could not be read as a fundus image; ``str()`` is ``"{path}: {reason}"``.
 
-    def __init__(self, path: str, reason: str) -> None:
+    ``incomplete``: the file may still be being written: it ends before its content does (or, for a
+    DICOM, lacks a part every image has). A reader cannot tell that from a file cut short for good.
+    ``sha256``: of the bytes that were read, when the failure came after reading them.
+    """
+
+    def __init__(self, path: str, reason: str, *, incomplete: bool = False) -> None:
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+        self.incomplete = incomplete
+        self.sha256: str | None = None
 
-    def __reduce__(self):  # keep the two-argument constructor picklable (process pools)
-        return (type(self), (self.path, self.reason))
+    def __reduce__(self):  # picklable (process pools): the two arguments, then the attributes
+        return (type(self), (self.path, self.reason), {"incomplete": self.incomplete, "sha256": self.sha256})
 
 
 @dataclass
@@ -152,6 +189,26 @@ def source_name(source: Any) -> str | None:
     return None
 
 
+def declared_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(width, height) as the file's header declares it, without decoding any pixel; None when there is
+    no readable header (``read_image`` then says what is wrong)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+            f.seek(0)
+            fmt = _sniff(head)
+            if fmt in _PIL_PLUGINS:
+                return _PIL_PLUGINS[fmt](f).size
+            if fmt == "DICOM" or (head and _extension(path) == ".dcm"):
+                import pydicom
+
+                header = pydicom.dcmread(f, stop_before_pixels=True, force=fmt is None)
+                return int(header.Columns), int(header.Rows)
+    except Exception:  # anything unreadable: the full read reports it
+        return None
+    return None
+
+
 def is_probably_image(path: str | os.PathLike[str]) -> bool:
     """Cheap pre-filter for folder scans: looks at the first 132 bytes only."""
     try:
@@ -185,10 +242,7 @@ def read_image(
     if isinstance(source, Image.Image):
         return _from_pil_image(source, limits)
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        image = _read_stream(io.BytesIO(data), "<bytes>", "", limits)
-        image.sha256 = hashlib.sha256(data).hexdigest()
-        return image
+        return _read_data(bytes(source), "<bytes>", "", limits)
     if isinstance(source, (str, os.PathLike)):
         return _read_path(os.fspath(source), limits)
     raise TypeError(f"read_image() cannot read a {type(source).__name__}")
@@ -207,8 +261,7 @@ def _read_path(path: str, limits: _Limits) -> FundusImage:
             data = f.read(DEFAULT_MAX_BYTES + 1)
         if len(data) > DEFAULT_MAX_BYTES:
             raise ImageReadError(path, f"file is over the {DEFAULT_MAX_BYTES >> 20} MiB limit for a capture")
-        image = _read_stream(io.BytesIO(data), path, _extension(path), limits)
-        image.sha256 = hashlib.sha256(data).hexdigest()
+        image = _read_data(data, path, _extension(path), limits)
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except PermissionError:
@@ -216,6 +269,18 @@ def _read_path(path: str, limits: _Limits) -> FundusImage:
     except OSError as e:
         raise ImageReadError(path, f"could not read the file ({e.strerror or e})") from e
     image.path = path
+    return image
+
+
+def _read_data(data: bytes, name: str, ext: str, limits: _Limits) -> FundusImage:
+    """Decode ``data``; the image, or the error, carries the sha256 of exactly these bytes."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    try:
+        image = _read_stream(io.BytesIO(data), name, ext, limits)
+    except ImageReadError as exc:
+        exc.sha256 = sha256
+        raise
+    image.sha256 = sha256
     return image
 
 
@@ -257,13 +322,12 @@ def _from_pil_image(im: Image.Image, limits: _Limits) -> FundusImage:
     name = getattr(im, "filename", "") or "<PIL image>"
     _check_size(name, *im.size, limits)
     try:
-        oriented = ImageOps.exif_transpose(im)
-        pixels, gray = _pil_to_rgb(oriented)
+        pixels, gray = _pil_to_rgb(im)
+        pixels = _upright(pixels, im)
     except Exception as e:  # Pillow raises assorted types for undecodable data
-        raise ImageReadError(name, _decode_failure(im.format or "image", e)) from e
-    image = FundusImage(
-        pixels=pixels, path=None, format=im.format or "PIL", original_size=oriented.size
-    )
+        raise _decode_failure(name, im.format or "image", e) from e
+    height, width = pixels.shape[:2]
+    image = FundusImage(pixels=pixels, path=None, format=im.format or "PIL", original_size=(width, height))
     return _finish(image, grayscale_source=gray)
 
 
@@ -278,20 +342,71 @@ def _read_pil(fp: IO[bytes], fmt: str, name: str, limits: _Limits) -> FundusImag
         raise ImageReadError(name, f"corrupt {fmt} header ({e})") from e
     width, height = im.size
     _check_size(name, width, height, limits)
+    # JPEG decodes at a reduced size (DCT scaling); the others are reduced while converted to RGB.
     scale = _draft(im, limits.min_side) if fmt == "JPEG" else 1.0
+    factor = 1 if fmt == "JPEG" else _reduction(width, height, limits.min_side)
+    decoded_width, decoded_height = im.size
+    memory = _pillow_bytes(im.mode, decoded_width * decoded_height) + 3 * decoded_width * decoded_height // factor**2
     try:
-        with _pillow_bomb_warning_silenced(width * height):
+        with DECODE_MEMORY.reserve(memory), _pillow_bomb_warning_silenced(width * height):
             im.load()
-        oriented = ImageOps.exif_transpose(im)
-        pixels, gray = _pil_to_rgb(oriented)
+            pixels, gray = _pil_to_rgb(im, factor)
+            pixels = _upright(pixels, im)
     except Exception as e:  # Pillow raises assorted types for undecodable data
-        raise ImageReadError(name, _decode_failure(fmt, e)) from e
-    if oriented.size != im.size:
-        width, height = height, width
+        raise _decode_failure(name, fmt, e) from e
+    if pixels.shape[:2] != (decoded_height // factor, decoded_width // factor):
+        width, height = height, width  # turned by its EXIF orientation
     image = FundusImage(
-        pixels=pixels, path=None, format=fmt, original_size=(width, height), scale=scale, camera=_exif_camera(im)
+        pixels=pixels, path=None, format=fmt, original_size=(width, height), scale=scale / factor,
+        camera=_exif_camera(im),
     )
     return _finish(image, grayscale_source=gray)
+
+
+class _DecodeMemory:
+    """What the decodes running in this process hold; a decode waits until its share fits the budget."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.in_use = 0
+        self._cv = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        with self._cv:
+            self._cv.wait_for(lambda: self.in_use == 0 or self.in_use + nbytes <= self.budget)
+            self.in_use += nbytes
+        try:
+            yield
+        finally:
+            with self._cv:
+                self.in_use -= nbytes
+                self._cv.notify_all()
+
+
+DECODE_MEMORY = _DecodeMemory(DECODE_MEMORY_BYTES)
+
+
+def _pillow_bytes(mode: str, pixels: int) -> int:
+    """The memory Pillow gives a decoded image: 1 byte a pixel for L/P/1, 2 for 16-bit, else 4."""
+    if mode in ("1", "L", "P"):
+        return pixels
+    return 2 * pixels if mode.startswith("I;16") else 4 * pixels
+
+
+def _reduction(width: int, height: int, min_side: int | None) -> int:
+    """The box factor for a picture too large to keep whole: 2, 4 or 8, keeping the shorter side >= min_side."""
+    factor = 1
+    if min_side and 3 * width * height > REDUCE_ABOVE_BYTES:
+        while factor < 8 and min(width, height) // (2 * factor) >= min_side:
+            factor *= 2
+    return factor
+
+
+def _upright(pixels: np.ndarray, im: Image.Image) -> np.ndarray:
+    """The pixels turned as the image's EXIF orientation says (after any reduction: turning a small copy)."""
+    turn = _UPRIGHT.get(im.getexif().get(_ORIENTATION, 1))
+    return pixels if turn is None else np.ascontiguousarray(turn(pixels))
 
 
 @contextlib.contextmanager
@@ -322,8 +437,38 @@ def _draft(im: ImageFile.ImageFile, min_side: int | None) -> float:
     return box[2] / width
 
 
-def _pil_to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
-    """RGB uint8 pixels, and whether the source had a single channel."""
+def _pil_to_rgb(im: Image.Image, factor: int = 1) -> tuple[np.ndarray, bool]:
+    """RGB uint8 pixels, reduced by ``factor`` (box means), and whether the source had a single channel.
+
+    Strip by strip: a whole-image convert() makes full-size copies (a 100 MP RGBA picture went through
+    three of 400 MB each). The edge rows and columns that do not fill a box are left out.
+    """
+    width, height = im.size[0] // factor * factor, im.size[1] // factor * factor
+    rows = max(1, _STRIP_BYTES // (4 * im.size[0]) // factor) * factor
+    pixels = np.empty((height // factor, width // factor, 3), np.uint8)
+    gray = False
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        strip = im.crop((0, top, width, bottom))
+        if factor > 1 and strip.mode in _PILLOW_REDUCES:
+            strip, factor_left = strip.reduce(factor), 1  # in C, on the 8-bit bands (alpha premultiplied)
+        else:
+            factor_left = factor
+        rgb, gray = _strip_to_rgb(strip)
+        pixels[top // factor : bottom // factor] = _box_mean(rgb, factor_left)
+    return pixels, gray
+
+
+def _box_mean(rgb: np.ndarray, factor: int) -> np.ndarray:
+    if factor == 1:
+        return rgb
+    import cv2  # INTER_AREA by a whole factor is the mean of each box
+
+    height, width = rgb.shape[0] // factor, rgb.shape[1] // factor
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _strip_to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
     mode = im.mode
     if mode in _SIXTEEN_BIT_MODES:
         gray16 = np.asarray(im)
@@ -345,16 +490,17 @@ def _pil_to_rgb(im: Image.Image) -> tuple[np.ndarray, bool]:
 def _premultiplied_rgb(im: Image.Image) -> np.ndarray:
     if im.mode == "LA":
         return _gray_to_rgb(np.asarray(im.convert("La"))[..., 0])
-    return np.ascontiguousarray(np.asarray(im.convert("RGBA").convert("RGBa"))[..., :3])
+    rgba = im if im.mode == "RGBA" else im.convert("RGBA")
+    return np.ascontiguousarray(np.asarray(rgba.convert("RGBa"))[..., :3])
 
 
-def _decode_failure(fmt: str, e: Exception) -> str:
+def _decode_failure(name: str, fmt: str, e: Exception) -> ImageReadError:
     text = str(e)
     if isinstance(e, EOFError) or "truncated" in text.lower():
-        return f"truncated {fmt} (file ends early)"
+        return ImageReadError(name, f"truncated {fmt} (file ends early)", incomplete=True)
     if isinstance(e, Image.DecompressionBombError):
-        return f"image is larger than Pillow's safety limit ({text})"
-    return f"corrupt or unsupported {fmt} data, could not decode it ({text})"
+        return ImageReadError(name, f"image is larger than Pillow's safety limit ({text})")
+    return ImageReadError(name, f"corrupt or unsupported {fmt} data, could not decode it ({text})")
 
 
 # --- DICOM -----------------------------------------------------------------
@@ -366,24 +512,38 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
 
     try:
         header = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+        # Before any element is read: reading one replaces the raw element that holds its declared length.
+        cut_short = _ends_early(header)
         rows, cols = int(header.get("Rows") or 0), int(header.get("Columns") or 0)
     except Exception as e:  # pydicom raises assorted types on malformed files
         raise ImageReadError(name, f"corrupt DICOM header ({e})") from e
+    if cut_short:
+        # A DICOM has no end marker: a file still being written is told by an element shorter than it says.
+        raise ImageReadError(name, "truncated DICOM (the file ends inside its header)", incomplete=True)
     if not rows or not cols:
-        raise ImageReadError(name, "DICOM has no pixel data (no Rows/Columns: not an image object)")
+        # A header cut at an element boundary looks the same, so this too may be a file still being written.
+        raise ImageReadError(
+            name, "DICOM has no pixel data (no Rows/Columns: not an image object, or cut short)", incomplete=True
+        )
     _check_size(name, cols, rows, limits)
     syntax = _transfer_syntax(header)
     _check_decoder(name, syntax)
+    # The pixel data as read, the decoded frame in its own depth, and the 8-bit RGB picture.
+    sample_bytes = -(-int(header.get("BitsAllocated") or 8) // 8)
+    memory = rows * cols * (2 * int(header.get("SamplesPerPixel") or 1) * sample_bytes + 3)
 
-    fp.seek(0)
-    try:
-        ds = pydicom.dcmread(fp, force=force)
-    except Exception as e:
-        raise ImageReadError(name, f"corrupt DICOM file ({e})") from e
-    if "PixelData" not in ds:
-        raise ImageReadError(name, "DICOM has no pixel data")
-    ds.file_meta.TransferSyntaxUID = syntax
-    pixels, gray = _dicom_pixels(ds, name)
+    with DECODE_MEMORY.reserve(memory):
+        fp.seek(0)
+        try:
+            ds = pydicom.dcmread(fp, force=force)
+        except Exception as e:
+            raise ImageReadError(name, f"corrupt DICOM file ({e})") from e
+        if "PixelData" not in ds:
+            # pydicom drops encapsulated pixel data that lacks its closing delimiter: cut short, or stripped.
+            raise ImageReadError(name, "DICOM has no pixel data (cut short, or stripped)", incomplete=True)
+        ds.file_meta.TransferSyntaxUID = syntax
+        _check_pixel_data_length(ds, name, syntax)
+        pixels, gray = _dicom_pixels(ds, name)
 
     image = FundusImage(
         pixels=pixels,
@@ -404,6 +564,51 @@ def _read_dicom(fp: IO[bytes], name: str, limits: _Limits, *, force: bool) -> Fu
             f"multi-frame DICOM ({frames} frames): only the first frame is scored"
         )
     return _finish(image, grayscale_source=gray)
+
+
+def _ends_early(ds) -> bool:
+    """Whether the file ended inside an element (pydicom keeps the bytes there were) or before any."""
+    from pydicom.dataelem import RawDataElement
+
+    elements = list(ds.elements())  # raw: with the lengths the file declared
+    return not elements or any(
+        isinstance(element, RawDataElement)
+        and element.length != _UNDEFINED_LENGTH
+        and element.value is not None
+        and len(element.value) < element.length
+        for element in elements
+    )
+
+
+def _check_pixel_data_length(ds, name: str, syntax: str) -> None:
+    """Uncompressed pixel data must be exactly what Rows x Columns x samples x bits x frames make.
+
+    Shorter because the file ends early: truncated (still being written, or cut short). Otherwise a
+    mismatch means the header lies: decoded anyway, the picture would be cropped or sheared.
+    """
+    from pydicom.uid import UID
+
+    if UID(syntax).is_compressed:
+        return  # the decoder checks each frame against Rows and Columns
+    element = ds.get_item(0x7FE00010)  # PixelData, raw: its declared length next to the bytes present
+    present = len(element.value or b"")
+    declared = present if element.length == _UNDEFINED_LENGTH else element.length
+    if present < declared:
+        raise ImageReadError(
+            name, f"truncated DICOM (pixel data ends early: {present} of {declared} bytes)", incomplete=True
+        )
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    samples, bits = int(ds.get("SamplesPerPixel") or 1), int(ds.get("BitsAllocated") or 8)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    expected = -(-rows * cols * samples * frames * bits // 8)
+    if str(ds.get("PhotometricInterpretation", "")).strip().upper() == "YBR_FULL_422":
+        expected = expected * 2 // 3  # two chroma samples shared by each pair of pixels
+    if present not in (expected, expected + 1):  # one pad byte makes an odd length even
+        raise ImageReadError(
+            name,
+            f"DICOM Rows/Columns do not match its pixel data: {rows} rows x {cols} columns x {samples} "
+            f"sample(s) x {bits} bits x {frames} frame(s) need {expected} bytes, the file holds {present}",
+        )
 
 
 def _transfer_syntax(header) -> str:

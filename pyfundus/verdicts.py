@@ -73,6 +73,9 @@ class ScoreResult:
     timing_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # With an error: the file may still be being written (it ends before its content does). Not part of the
+    # record: a watcher uses it to wait for the rest of the file instead of recording a failure.
+    incomplete: bool = False
 
     @property
     def ok(self) -> bool:

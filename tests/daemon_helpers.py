@@ -25,8 +25,8 @@ class BrightnessScorer:
     """Stands in for QualityModel: score = mean brightness (0-100), so verdicts follow content.
 
     Decodes with pyfundus.io like the real model, so truncated and corrupt files
-    fail with the real reader's messages. Records every batch and the sha256 of
-    the bytes it actually scored.
+    fail with the real reader's messages, and each result carries the sha256 of
+    the bytes actually read. Records every batch and what it scored.
     """
 
     name = "stub-brightness"
@@ -38,24 +38,22 @@ class BrightnessScorer:
         self.scored: list[tuple[str, str]] = []  # (path, sha256 of the bytes read)
         self._lock = threading.Lock()
 
-    def score(self, paths: Sequence[str], *, batch_size: int = 8) -> list:
-        from pyfundus.io import ImageReadError, read_image
+    def score(self, inputs: Sequence, *, batch_size: int = 8) -> list:
+        """Paths, or images the daemon decoded itself (heavy captures), like QualityModel.score."""
+        from pyfundus.io import FundusImage, ImageReadError, read_image, source_name
         from pyfundus.verdicts import ScoreResult
 
         results = []
-        for path in paths:
+        paths = [source_name(one) for one in inputs]
+        for one, path in zip(inputs, paths):
             time.sleep(self.delay)
             result = ScoreResult(path=path, model=self.name, trained=False)
             try:
-                data = Path(path).read_bytes()
-                with self._lock:
-                    self.scored.append((path, hashlib.sha256(data).hexdigest()))
-                image = read_image(data, min_size=8)
-            except FileNotFoundError:
-                result.error = f"{path}: file not found"
+                image = one if isinstance(one, FundusImage) else read_image(one, min_size=8)
             except ImageReadError as exc:
-                result.error = f"{path}: {exc.reason}"
+                result.error, result.sha256, result.incomplete = str(exc), exc.sha256, exc.incomplete
             else:
+                result.sha256 = image.sha256
                 result.score = round(float(image.pixels.mean()) / 255.0 * 100.0, 3)
                 result.quality_class = "Good" if result.score >= 60 else "Usable" if result.score >= 35 else "Reject"
                 result.probabilities = {result.quality_class: 1.0}
@@ -63,6 +61,9 @@ class BrightnessScorer:
                 result.eye, result.patient_id = image.eye, image.patient_id
                 result.study_uid, result.sop_instance_uid = image.study_uid, image.sop_instance_uid
                 result.timing_ms = {"total": 0.1}
+            if result.sha256 is not None:
+                with self._lock:
+                    self.scored.append((path, result.sha256))
             results.append(result)
         with self._lock:
             self.calls.append(list(paths))

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from live_daemon import WAIT, bright_png, dark_png, running
 from pyfundus.daemon.alerts import AlertChannel, DesktopAlert, WebhookAlert
 from pyfundus.daemon.config import WatchConfig, load_config
 from pyfundus.daemon.errors import ConfigError
-from pyfundus.daemon.logs import Redactor
+from pyfundus.daemon.logs import Redactor, daemon_logging
 from pyfundus.daemon.records import Verdict
 from pyfundus.daemon.sinks import VerdictPrinter
 
@@ -31,8 +32,8 @@ DARK_SEED = 10  # a dark DICOM: graded Reject by the stub scorer
 RECORDER = "import sys; open(sys.argv[1], 'ab').write(sys.stdin.buffer.read() + b'\\n')"
 
 
-def truncated_jpeg() -> bytes:
-    data = jpeg_bytes(3, size=128)
+def truncated_jpeg(seed: int = 3) -> bytes:
+    data = jpeg_bytes(seed, size=128)
     return data[: len(data) * 6 // 10]
 
 
@@ -198,6 +199,59 @@ def test_webhook_gives_up_on_client_errors_and_retries_refused_connections(tmp_p
     assert "webhook attempt 1 failed" in caplog.text and "not delivered after 2 attempt(s)" in caplog.text
 
 
+class Trickle:
+    """A webhook endpoint that reads the request, then answers one byte every ``interval`` seconds, forever."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/hook"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            answer = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 100_000
+            for byte in answer:
+                if self.stop.wait(self.interval):
+                    return
+                try:
+                    conn.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+def test_a_webhook_that_trickles_its_answer_is_cut_off_after_the_timeout(caplog):
+    trickle = Trickle(interval=0.2)  # every read succeeds well within the 1 s timeout
+    webhook = WebhookAlert(trickle.url, 1.0, 2, closing=threading.Event(), first_backoff=0.1)
+    sender = threading.Thread(target=webhook, args=({"event": "test"},), daemon=True)
+    try:
+        with caplog.at_level(logging.WARNING, logger="pyfundus.daemon.alerts"):
+            started = time.monotonic()
+            sender.start()
+            sender.join(15)
+            took = time.monotonic() - started
+    finally:
+        trickle.close()
+    assert not sender.is_alive(), "the webhook thread is still held by the trickling server"
+    assert took < 2 * 1.0 + 0.1 + 2.0, took  # two attempts of at most 1 s each, the pause between, slack
+    assert "attempt 1 failed (no complete answer within 1 s)" in caplog.text
+    assert "not delivered after 2 attempt(s): no complete answer within 1 s" in caplog.text
+
+
 def test_alert_queue_is_bounded_and_drops_the_oldest(caplog):
     started, release = threading.Event(), threading.Event()
     delivered = []
@@ -306,3 +360,69 @@ def test_pyfundusd_stdout_keeps_file_names_out_with_redact_identifiers(tmp_path)
     text = out_path.read_text()
     assert "Doe_Jane" not in text and str(folder) not in text
     assert "Reject" in text and "FAILED" in text
+
+
+# Names from the chaos run (issue 17): the old scrub pattern stopped at a quote or a colon and left the rest.
+ODD_NAMES = {"O'Brien_Mary_OD.jpg": "Brien", ":30 SMITH JOHN OS.png": "SMITH", '"Jane" OD.png': "Jane"}
+
+
+def test_names_with_quotes_and_colons_leave_no_trace_in_redacted_alerts_and_stdout_lines(tmp_path):
+    out = tmp_path / "alerts.jsonl"
+    command = [sys.executable, "-c", RECORDER, str(out)]
+    with running(tmp_path, alert_command=command, redact_identifiers=True) as h:
+        files = [write(h.folder / name, truncated_jpeg(seed)) for seed, name in enumerate(ODD_NAMES)]
+        h.wait_done(*files)
+        wait_for(lambda: len(recorded(out)) == len(files), WAIT, "an alert per capture")
+        names = h.daemon.names
+    assert [a["error"] for a in recorded(out)] == ["<file>: truncated JPEG (file ends early)"] * len(files)
+    lines = [VerdictPrinter(io.StringIO(), names=names, json_lines=json_lines).format(verdict)
+             for verdict in h.verdicts for json_lines in (False, True)]  # fmt: skip
+    assert len(lines) == 2 * len(files) and all("truncated JPEG" in line for line in lines)
+    for leaked in [*ODD_NAMES.values(), str(h.folder)]:
+        assert leaked not in out.read_text() and not any(leaked in line for line in lines), leaked
+
+
+def test_redacted_log_lines_keep_no_part_of_an_odd_name(tmp_path):
+    root = str(tmp_path / "camera")
+    with daemon_logging(tmp_path, level="info", verbose=False, redactor=Redactor([root], enabled=True)):
+        for name in ODD_NAMES:
+            try:
+                raise ValueError(f"{root}/{name}: truncated JPEG (file ends early)")
+            except ValueError:
+                logging.getLogger("some.library").exception("a library said: %s/%s is broken", root, name)
+    text = (tmp_path / "pyfundusd.log").read_text()
+    assert text.count("a library said: <file>") == len(ODD_NAMES) and "ValueError: <file>" in text
+    for leaked in [*ODD_NAMES.values(), root]:
+        assert leaked not in text, leaked
+
+
+# ---- control characters in what people read --------------------------------------------------
+
+FORGED = "2026-12-02 12:00:00  FORGED_capture.jpg   95.0  Good     R  -"
+
+
+def test_a_file_name_cannot_forge_a_verdict_line_on_stdout_or_in_the_log(tmp_path):
+    folder, state = tmp_path / "camera", tmp_path / "state"
+    folder.mkdir()
+    out_path = tmp_path / "out.txt"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, str(HELPER), "watch", str(folder), "--state-dir", str(state), "--no-web",
+             "--debounce", "0.05", "--settle", "0.15"],
+            stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy(),
+        )  # fmt: skip
+        try:
+            ledger = LedgerView(state)
+            hostile = write(folder / f"a\n{FORGED}\nb.png", dark_png())
+            wait_for(lambda: ledger.is_done(hostile), WAIT, "the hostile capture's verdict")
+            copy = write(folder / "copy.png", dark_png())  # the log names both files: "... has the same content as ..."
+            wait_for(lambda: ledger.is_done(copy) and out_path.read_text().count("Reject") == 2, WAIT, "two lines")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    lines = out_path.read_text().splitlines()
+    log_lines = (state / "pyfundusd.log").read_text().splitlines()
+    assert not any(line.startswith(FORGED) for line in lines + log_lines)
+    [hostile_line] = [line for line in lines if "FORGED" in line and "same image" not in line]
+    assert f"a\\n{FORGED}\\nb.png" in hostile_line and "Reject" in hostile_line
+    assert any(f"a\\n{FORGED}\\nb.png" in line and "same content" in line for line in log_lines)

@@ -14,6 +14,7 @@ extension but foreign content is a broken capture and is recorded as failed).
 from __future__ import annotations
 
 import errno
+import io
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -51,8 +53,8 @@ from pyfundus.daemon.config import CONFIG_KEYS, WatchConfig, load_config
 from pyfundus.daemon.errors import ConfigError, LedgerError, StartupError
 from pyfundus.daemon.ledger import Ledger
 from pyfundus.daemon.records import FileStat, Verdict
-from pyfundus.daemon.scoring import load_scorer
-from pyfundus.daemon.service import INTERRUPTED_TWICE, Daemon
+from pyfundus.daemon.scoring import KEEPS_CRASHING, load_scorer
+from pyfundus.daemon.service import Daemon
 from pyfundus.daemon.watcher import native_observer
 from pyfundus.grading import Thresholds
 from pyfundus.verdicts import CSV_COLUMNS
@@ -155,6 +157,32 @@ def test_file_written_in_chunks_is_scored_once_after_it_is_complete(tmp_path, ev
         assert h.ledger.capture_at(path)["sha256"] == sha256(data)
         assert [digest for p, digest in h.scorer.scored if p == path] == [sha256(data)], "scored once, final bytes"
     assert h.ledger.count() == len(contents)
+
+
+def test_formats_without_an_end_marker_written_by_open_append_close_get_one_verdict(tmp_path):
+    # Each close-write says "done", and a DICOM or a TIFF has no end marker to say otherwise: only the
+    # reader can tell the file is unfinished. Pauses (0.4 s) are shorter than --incomplete-grace (0.8 s).
+    contents = {
+        "chunked.dcm": dicom_bytes(150, patient_id="PAT-1", laterality="R", size=128),
+        "chunked.tif": tiff_bytes(160, size=128),
+    }
+    cut_for_good = dicom_bytes(170, patient_id="PAT-2", laterality="L", size=128)
+    with running(tmp_path) as h:
+        lost = write(h.folder / "cut.dcm", cut_for_good[: len(cut_for_good) // 2])
+        for i in range(5):
+            for name, data in contents.items():
+                step = -(-len(data) // 5)
+                with open(h.folder / name, "ab") as f:
+                    f.write(data[i * step : (i + 1) * step])
+            time.sleep(0.4)
+        h.wait_done(lost, *(h.folder / name for name in contents))
+        h.wait_idle()
+    for name, data in contents.items():
+        [shown] = h.shown(h.folder / name)  # no verdict (and so no alert) for any partial write
+        assert (shown.state, shown.sha256) == ("scored", sha256(data))
+    assert h.ledger.count() == 3 and h.ledger.count("failed") == 1
+    [failed] = h.shown(lost)
+    assert failed.state == "failed" and "truncated DICOM (pixel data ends early" in failed.error
 
 
 def test_truncated_and_corrupt_files_fail_clearly_and_the_daemon_goes_on(tmp_path):
@@ -276,6 +304,59 @@ def test_file_rewritten_after_hashing_gets_the_verdict_of_its_final_content(tmp_
     assert [v.sha256 for v in h.shown(Path(target))] == [sha256(new)]
 
 
+def test_a_file_swapped_keeping_its_size_and_mtime_is_not_scored_as_the_capture_it_replaced(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    mine, other_patients = tiff_bytes(40), tiff_bytes(200)  # uncompressed, same dimensions: same size
+    assert len(mine) == len(other_patients)
+
+    class SwappingScorer(BrightnessScorer):
+        """Between hashing and scoring another file is renamed over the capture, its mtime set to the old one."""
+
+        def score(self, paths, *, batch_size=8):
+            if target in paths and not self.calls:
+                before = os.stat(target)
+                swapped = write(staging / "other.tif", other_patients)
+                os.utime(swapped, ns=(before.st_atime_ns, before.st_mtime_ns))
+                os.replace(swapped, target)
+                assert FileStat.of(os.stat(target)) == FileStat.of(before), "size and mtime cannot tell"
+            return super().score(paths, batch_size=batch_size)
+
+    with running(tmp_path, SwappingScorer()) as h:
+        target = real(h.folder / "capture.tif")
+        write(Path(target), mine)
+        wait_for(lambda: (row := h.ledger.capture_at(target)) and row["sha256"] == sha256(other_patients)
+                 and row["state"] == "scored", WAIT, "the swapped-in file's own verdict")  # fmt: skip
+        h.wait_idle()
+    assert [(row["sha256"], row["state"]) for row in h.ledger.captures()] == [(sha256(other_patients), "scored")]
+    [shown] = h.shown(Path(target))
+    assert shown.sha256 == sha256(other_patients) and shown.score > 60, "the other file's content, under its hash"
+
+
+def test_a_huge_capture_is_decoded_aside_and_never_holds_up_the_capture_behind_it(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import pyfundus.io
+
+    def slow_decode(path, **limits):  # the heavy capture's decode, made slow for certain
+        time.sleep(1.5)
+        return pyfundus.io.read_image(path, **limits)
+
+    monkeypatch.setattr(scoring, "read_image", slow_decode, raising=False)
+    buffer = io.BytesIO()
+    Image.new("RGB", (5000, 4000), (150, 60, 30)).save(buffer, format="PNG")  # 20 MP in a few KB
+    with running(tmp_path) as h:
+        huge = write(h.folder / "huge.png", buffer.getvalue())
+        good = write(h.folder / "good.png", png_bytes(200))
+        h.wait_done(huge, good)
+        h.wait_idle()
+    assert [Path(v.path).name for v in h.verdicts] == ["good.png", "huge.png"], "the good capture must not wait for the huge one"
+    assert [real(huge)] in h.scorer.calls and [real(good)] in h.scorer.calls, "neither waited in the other's batch"
+    [verdict] = h.shown(huge)
+    assert verdict.state == "scored" and verdict.sha256 == sha256(buffer.getvalue())
+    assert abs(verdict.score - 80 / 255 * 100) < 0.01
+
+
 def test_a_scorer_crash_costs_only_the_image_that_caused_it(tmp_path):
     class CrashingScorer(BrightnessScorer):
         def score(self, paths, *, batch_size=8):
@@ -379,29 +460,57 @@ def test_watched_folder_disappearing_and_coming_back(tmp_path):
 # ---- the ledger: restarts, failures, export -------------------------------------------
 
 
-def test_restart_scores_pending_rows_first_then_the_backlog_and_gives_up_after_two_interruptions(tmp_path):
+def pending_rows(state: Path, files: dict[str, Path], attempts: dict[str, int]) -> None:
+    """The ledger a killed daemon leaves: a pending row per file, with its interrupted scoring attempts."""
+    state.mkdir(exist_ok=True)
+    ledger = Ledger(state / "ledger.sqlite3")
+    for name, count in attempts.items():
+        path, digest = real(files[name]), sha256(files[name].read_bytes())
+        ledger.claim(digest, path, FileStat.of(os.stat(path)), time.time())
+        for _ in range(count):
+            ledger.begin_attempts([digest])
+    ledger.close()
+
+
+def test_restart_scores_pending_rows_first_then_the_backlog_and_gives_up_after_three_interruptions(tmp_path):
     folder, state = tmp_path / "camera", tmp_path / "state"
     folder.mkdir()
-    state.mkdir()
     names = ["mid-score.png", "queued.png", "poison.png", "backlog.png"]
     files = {name: write(folder / name, png_bytes(i)) for i, name in enumerate(names)}
-    # The last run died: mid-score.png was being scored, queued.png was waiting,
-    # poison.png killed the process twice already; backlog.png never got into the ledger.
-    ledger = Ledger(state / "ledger.sqlite3")
-    for name, attempts in (("mid-score.png", 1), ("queued.png", 0), ("poison.png", 2)):
-        path = real(files[name])
-        ledger.claim(sha256(files[name].read_bytes()), path, FileStat.of(os.stat(path)), time.time())
-        for _ in range(attempts):
-            ledger.begin_attempts([sha256(files[name].read_bytes())])
-    ledger.close()
+    # The last run died: mid-score.png was being scored, queued.png was waiting, poison.png killed the
+    # process three times already (twice while scored alone); backlog.png never got into the ledger.
+    pending_rows(state, files, {"mid-score.png": 1, "queued.png": 0, "poison.png": 3})
     with running(tmp_path) as h:
-        h.wait_done(*(files[n] for n in ("mid-score.png", "queued.png", "backlog.png")))
+        h.wait_done(*files.values())
     assert h.scorer.calls[0] == [real(files["mid-score.png"])]  # alone: if it crashes again, only it is blamed
     assert h.scorer.calls[1] == [real(files["queued.png"])]
     assert real(files["backlog.png"]) in h.scorer.calls[2]
     poison = h.ledger.capture_at(files["poison.png"])
-    assert poison["state"] == "failed" and poison["error"] == INTERRUPTED_TWICE
+    assert poison["state"] == "failed" and poison["error"] == f"{real(files['poison.png'])}: {KEEPS_CRASHING}"
     assert h.scorer.times_scored(files["poison.png"]) == 0
+
+
+def test_two_crashes_in_a_row_do_not_fail_a_capture_and_a_third_is_announced_everywhere(tmp_path):
+    folder, state = tmp_path / "camera", tmp_path / "state"
+    folder.mkdir()
+    files = {name: write(folder / name, png_bytes(i)) for i, name in enumerate(["healthy.png", "poison.png"])}
+    pending_rows(state, files, {"healthy.png": 2, "poison.png": 3})  # killed twice; three times
+    alerts = tmp_path / "alerts.jsonl"
+    recorder = [sys.executable, "-c", f"import sys; open({str(alerts)!r}, 'ab').write(sys.stdin.buffer.read() + b'\\n')"]
+    with running(tmp_path, web=True, web_port=0, alert_command=recorder, alert_redact=False) as h:
+        h.wait_done(*files.values())
+        port = h.daemon.web.port
+        wait_for(lambda: alerts.exists() and alerts.read_text().count("\n") == 2, WAIT, "two alerts (Reject, Failed)")
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT).read().decode()
+        history = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/history", timeout=WAIT))
+    assert h.scorer.calls == [[real(files["healthy.png"])]], "scored once more, alone"
+    assert h.ledger.capture_at(files["healthy.png"])["state"] == "scored"
+    [failed] = h.shown(files["poison.png"])  # the stdout line, the sidecar: every sink gets the verdict
+    assert failed.state == "failed" and KEEPS_CRASHING in failed.error
+    alerted = {json.loads(line)["state"]: json.loads(line)["sha256"] for line in alerts.read_text().splitlines()}
+    assert alerted["failed"] == sha256(files["poison.png"].read_bytes())
+    assert "pyfundus_failures_total 1" in metrics.splitlines()
+    assert sorted(row["class"] for row in history["captures"]) == ["Failed", "Reject"]  # healthy.png is dark
 
 
 def test_ledger_failing_mid_run_keeps_verdicts_in_memory_and_saves_them_later(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -9,8 +10,10 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import warnings
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -18,7 +21,7 @@ import numpy as np
 import pydicom
 import pytest
 import skimage.data
-from PIL import Image
+from PIL import Image, ImageOps
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.filebase import DicomBytesIO
@@ -30,12 +33,14 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from pyfundus import io as pyfundus_io
 from pyfundus.io import (
     DEFAULT_MAX_PIXELS,
     GRAYSCALE_WARNING,
     SUPPORTED_EXTENSIONS,
     FundusImage,
     ImageReadError,
+    declared_size,
     is_probably_image,
     read_image,
 )
@@ -218,6 +223,66 @@ def test_exif_orientation_is_applied():
     assert tuple(image.pixels[10, -10]) > (200, 0, 0)  # red block now top-right
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_every_exif_orientation_turns_the_picture_as_pillow_does(fmt, orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _encode(Image.fromarray(_colour_card(200, 300)), fmt, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    image = read_image(data)
+    assert np.array_equal(image.pixels, expected)
+    assert image.original_size == (expected.shape[1], expected.shape[0])
+
+
+# --- memory: reduced and bounded decodes -------------------------------------------------
+
+
+def test_a_png_too_large_to_keep_whole_is_reduced_like_a_jpeg_draft(monkeypatch):
+    monkeypatch.setattr(pyfundus_io, "REDUCE_ABOVE_BYTES", 1 << 20)  # 1600x1200 RGB is 5.5 MiB
+    card = cv2.resize(_colour_card(), (1600, 1200), interpolation=cv2.INTER_LINEAR)
+    rgba = np.dstack([card, np.full(card.shape[:2], 128, np.uint8)])  # half transparent: composited on black
+    image = read_image(_encode(rgba, "PNG"), min_side=384)
+    assert image.pixels.shape == (600, 800, 3) and image.scale == 0.5  # 1/4 would leave 300 < 384
+    premultiplied = (card.astype(np.float64) * 128 / 255).reshape(600, 2, 800, 2, 3).mean(axis=(1, 3))
+    assert np.abs(image.pixels - premultiplied).max() <= 2, "box means of the composited picture"
+    assert read_image(_encode(rgba, "PNG")).pixels.shape == (1200, 1600, 3), "without min_side: whole"
+
+
+def test_decodes_share_a_memory_budget_and_one_larger_than_it_runs_alone(monkeypatch):
+    monkeypatch.setattr(pyfundus_io, "DECODE_MEMORY", pyfundus_io._DecodeMemory(budget=1 << 20))
+    running, most = [], []
+    convert = pyfundus_io._pil_to_rgb  # runs with the decoded picture in memory
+
+    def watched(im, factor=1):
+        running.append(im)
+        most.append(len(running))
+        time.sleep(0.05)  # long enough for the other threads to try
+        try:
+            return convert(im, factor)
+        finally:
+            running.remove(im)
+
+    monkeypatch.setattr(pyfundus_io, "_pil_to_rgb", watched)
+    png = _encode(cv2.resize(_colour_card(), (600, 600)), "PNG")  # 1.4 MiB decoded: over the budget
+    small = _encode(_colour_card(20, 30), "PNG")  # 2.4 KiB: two of these fit together
+    with ThreadPoolExecutor(4) as pool:
+        shapes = [image.pixels.shape for image in pool.map(lambda data: read_image(data, min_size=8), [png] * 4)]
+        assert max(most) == 1 and shapes == [(600, 600, 3)] * 4
+        most.clear()
+        list(pool.map(lambda data: read_image(data, min_size=8), [small] * 4))
+        assert max(most) > 1, "small decodes still run side by side"
+    assert pyfundus_io.DECODE_MEMORY.in_use == 0
+
+
+def test_declared_size_reads_the_header_only(tmp_path, fundus_small):
+    png = _write(tmp_path / "a.png", _encode(_colour_card(), "PNG"))
+    assert declared_size(png) == (300, 200)
+    assert declared_size(_dicom_file(tmp_path / "b.dcm", fundus_small[:, :200])) == (200, 320)
+    assert declared_size(_write(tmp_path / "c.png", b"\x89PNG\r\n\x1a\n nonsense")) is None
+    assert declared_size(tmp_path / "missing.png") is None
+
+
 # --- reduced-size JPEG decoding ------------------------------------------------------
 
 
@@ -273,6 +338,17 @@ def test_error_names_the_file_and_pickles(tmp_path):
     assert str(err) == f"{path}: file is empty"
     clone = pickle.loads(pickle.dumps(err))
     assert (clone.path, clone.reason, str(clone)) == (err.path, err.reason, str(err))
+
+
+def test_an_error_after_reading_carries_the_hash_of_the_bytes_read(tmp_path, retina_jpeg):
+    cut = retina_jpeg[: len(retina_jpeg) // 2]
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(_write(tmp_path / "cut.jpg", cut))
+    assert excinfo.value.sha256 == hashlib.sha256(cut).hexdigest()
+    assert pickle.loads(pickle.dumps(excinfo.value)).sha256 == excinfo.value.sha256
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(tmp_path / "missing.jpg")
+    assert excinfo.value.sha256 is None, "nothing was read"
 
 
 def test_truncated_jpeg(tmp_path, retina_jpeg):
@@ -561,7 +637,38 @@ def test_dicom_with_dimensions_but_no_pixel_data(tmp_path, fundus_small):
     ds.save_as(path)
     with pytest.raises(ImageReadError) as excinfo:
         read_image(path)
-    assert _reason(excinfo) == "DICOM has no pixel data"
+    assert _reason(excinfo) == "DICOM has no pixel data (cut short, or stripped)"
+
+
+@pytest.mark.parametrize("tag, value", [("Rows", 300), ("Columns", 300), ("Rows", 330)])
+def test_dicom_rows_or_columns_that_disagree_with_the_pixel_data_are_an_error_naming_it(
+    tmp_path, fundus_small, tag, value
+):
+    # Issue 17: a Topcon capture with Rows=2000 (really 2136) was decoded cropped and graded; with
+    # Columns=3200 (really 3216) it was sheared and failed as "no field of view found".
+    path = _dicom_file(tmp_path / "lying.dcm", fundus_small)
+    ds = pydicom.dcmread(path)
+    setattr(ds, tag, value)
+    ds.save_as(path)
+    rows, columns = (value, 320) if tag == "Rows" else (320, value)
+    with pytest.raises(ImageReadError) as excinfo:
+        read_image(path)
+    assert _reason(excinfo) == (
+        f"DICOM Rows/Columns do not match its pixel data: {rows} rows x {columns} columns x 3 sample(s) x 8 bits "
+        f"x 1 frame(s) need {rows * columns * 3} bytes, the file holds {320 * 320 * 3}"
+    )
+    assert not excinfo.value.incomplete, "a lying header is not a file still being written"
+
+
+def test_a_dicom_cut_anywhere_is_incomplete_and_a_whole_one_reads(tmp_path, fundus_small):
+    whole = _dicom_file(tmp_path / "whole.dcm", fundus_small).read_bytes()
+    assert read_image(whole).pixels.shape == (320, 320, 3)
+    for cut in (150, 300, 500, 700, len(whole) // 2, len(whole) - 1):
+        with pytest.raises(ImageReadError) as excinfo:
+            read_image(whole[:cut])
+        assert excinfo.value.incomplete, (cut, _reason(excinfo))
+    with pytest.raises(ImageReadError, match=r"truncated DICOM \(pixel data ends early: 153599 of 307200 bytes\)"):
+        read_image(whole[: len(whole) - 153601])
 
 
 def test_dicom_multiframe_uses_the_first_frame(tmp_path, fundus_small):

@@ -16,13 +16,15 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon_helpers import LedgerView, dicom_bytes, jpeg_bytes, png_bytes, sha256, wait_for, write
+from daemon_helpers import BrightnessScorer, LedgerView, dicom_bytes, jpeg_bytes, png_bytes, sha256, wait_for, write
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from web_helpers import serving
@@ -87,6 +89,16 @@ def test_latest_and_history_show_each_capture_with_its_patient_eye_and_reason(tm
     assert latest["last_event_id"].endswith("-3")
 
 
+def test_control_characters_in_names_and_reasons_are_escaped_on_the_page(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        hostile = write(s.folder / "a\nFORGED\x1b[2J.png", png_bytes(REJECT))
+        broken = write(s.folder / "cut\u202e.jpg", jpeg_bytes(GOOD, size=128)[:900])
+        done(s, hostile, broken)
+        rows = {row["class"]: row for row in shown(s, 2)}
+    assert rows["Reject"]["file"] == "a\\nFORGED\\x1b[2J.png"
+    assert rows["Failed"]["file"] == "cut\\u202e.jpg" and rows["Failed"]["reason"] == "truncated JPEG (file ends early)"
+
+
 def test_history_takes_today_or_a_date_and_says_when_a_day_is_not_held(tmp_path):
     with serving(tmp_path, **FAST) as s:
         today = time.strftime("%Y-%m-%d")
@@ -136,6 +148,46 @@ def test_thumbnails_come_only_from_unchanged_files_inside_the_watched_folder(tmp
         assert s.get("/thumb/" + str(os.path.realpath(kept)))[0] == 404, "paths are never accepted"
 
 
+def test_a_failed_capture_has_no_thumbnail(tmp_path):
+    class NoFieldOfView(BrightnessScorer):
+        """Fails a readable image, as the model does when it finds no field of view."""
+
+        def score(self, inputs, *, batch_size=8):
+            results = super().score(inputs, batch_size=batch_size)
+            for result in results:
+                if "nofov" in result.path:
+                    result.score = result.quality_class = None
+                    result.error = f"{result.path}: no field of view found"
+            return results
+
+    with serving(tmp_path, scorer=NoFieldOfView(), **FAST) as s:
+        capture = write(s.folder / "nofov.png", png_bytes(GOOD))
+        done(s, capture)
+        (row,) = shown(s, 1)
+        assert row["class"] == "Failed" and row["thumb"] is None
+        assert s.get(f"/thumb/{sha256(capture.read_bytes())}")[0] == 404, "not made, even when asked for"
+
+
+def test_parallel_thumbnail_requests_decode_the_capture_once(tmp_path, monkeypatch):
+    made = []
+
+    def slow_thumbnail(data):
+        made.append(len(data))
+        time.sleep(0.5)  # a big capture: the other requests arrive while it decodes
+        return b"\xff\xd8\xff thumbnail"
+
+    monkeypatch.setattr(web, "_make_thumbnail", slow_thumbnail)
+    with serving(tmp_path, **FAST) as s:
+        capture = write(s.folder / "big.png", png_bytes(GOOD))
+        done(s, capture)
+        (row,) = shown(s, 1)
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: s.get(row["thumb"]), range(3)))
+        assert [status for status, _, _ in answers] == [200] * 3
+        assert s.get(row["thumb"])[2] == b"\xff\xd8\xff thumbnail"
+    assert len(made) == 1, "decoded once, then served from the cache"
+
+
 def test_only_loopback_host_names_are_answered_while_listening_on_loopback(tmp_path):
     with serving(tmp_path, **FAST) as s:
         assert s.get("/", headers={"Host": f"localhost:{s.port}"})[0] == 200
@@ -143,6 +195,40 @@ def test_only_loopback_host_names_are_answered_while_listening_on_loopback(tmp_p
         # DNS rebinding: a page on another site reaches 127.0.0.1 under its own name.
         status, _, body = s.get("/api/history", headers={"Host": f"evil.example:{s.port}"})
         assert status == 403 and b"PAT" not in body
+
+
+def test_the_host_header_is_parsed_strictly(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        assert s.get("/api/latest", headers={"Host": f"LocalHost:{s.port}"})[0] == 200
+        assert s.get("/api/latest", headers={"Host": "127.0.0.1"})[0] == 200
+        for host in ("[::1].evil.example", f"[::1].evil.example:{s.port}", "localhost:@evil.example",
+                     f"localhost:{s.port}@evil.example", "127.0.0.1.evil.example", "localhost:80:80", "[::1]x", ""):
+            assert s.get("/api/latest", headers={"Host": host})[0] == 403, host
+
+
+def test_a_request_with_two_host_headers_is_refused(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) as conn:
+            conn.sendall(b"GET /api/latest HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\n\r\n")
+            assert conn.makefile("rb").readline().split()[1] == b"400", "two Host headers: refused"
+
+
+def test_a_connection_that_sends_nothing_is_closed_after_the_request_timeout(tmp_path):
+    with serving(tmp_path, **FAST) as s:
+        s.daemon.web.request_timeout = 0.5
+        idle = [socket.create_connection(("127.0.0.1", s.port), timeout=WAIT) for _ in range(20)]
+        half = socket.create_connection(("127.0.0.1", s.port), timeout=WAIT)
+        half.sendall(b"GET /api/latest HTTP/1.1\r\nHost: local")
+        try:
+            for conn in [*idle, half]:
+                conn.settimeout(5)
+                assert conn.recv(1024) == b"", "the server closes the connection"
+        finally:
+            for conn in [*idle, half]:
+                conn.close()
+        handlers = lambda: [t for t in threading.enumerate() if "process_request" in t.name]  # noqa: E731
+        wait_for(lambda: not handlers(), WAIT, "the handler threads to end")
+        assert s.get("/healthz")[0] == 200
 
 
 def test_the_page_is_self_contained(tmp_path):

@@ -213,25 +213,30 @@ class _Extracted:
     features: np.ndarray | None
     error: str | None
     timing_ms: dict[str, float]
+    sha256: str | None = None  # of the bytes read, as in ScoreResult
+    incomplete: bool = False  # as in ScoreResult
 
 
 def _extract(item: Any, size: int) -> _Extracted:
     """Read one input and compute its features; an unreadable image becomes an error, not an exception."""
     started = time.perf_counter()
     name = source_name(item) or "image"
+    sha256 = None
     try:
         image = item if isinstance(item, FundusImage) else read_image(item, min_side=size)
         read_done = time.perf_counter()
+        sha256 = image.sha256
         features = brisque_features(image.pixels, size=size)
     except ImageReadError as exc:  # its message already names the file
-        return _Extracted(None, str(exc), {"total": _ms(started)})
+        return _Extracted(None, str(exc), {"total": _ms(started)}, exc.sha256, exc.incomplete)
     except NoFundusError as exc:
-        return _Extracted(None, f"{name}: {exc}", {"total": _ms(started)})
+        return _Extracted(None, f"{name}: {exc}", {"total": _ms(started)}, sha256)
     except Exception as exc:  # a decoder bug must cost one image, not the whole run
         log.exception("unexpected failure while computing BRISQUE features")
         reason = f"{name}: unexpected error ({type(exc).__name__}: {exc})"
-        return _Extracted(None, reason, {"total": _ms(started)})
-    return _Extracted(features, None, {"read": (read_done - started) * 1000.0, "features": _ms(read_done)})
+        return _Extracted(None, reason, {"total": _ms(started)}, sha256)
+    timing = {"read": (read_done - started) * 1000.0, "features": _ms(read_done)}
+    return _Extracted(features, None, timing, sha256)
 
 
 def _extract_all(
@@ -503,6 +508,7 @@ class BrisqueSVR:
                 result.probabilities = self.thresholds.probabilities(result.score)
                 result.timing_ms["model"] = per_image
         for result, extracted in pending:
+            result.sha256, result.incomplete = extracted.sha256, extracted.incomplete
             result.error = extracted.error
             result.timing_ms.update(extracted.timing_ms)  # a failure brings its own "total"
             if result.error is None:
