@@ -1,0 +1,1 @@
+"""``pyfundus mark``: the rater app that builds FQS-style datasets from a clinic's own captures."""
