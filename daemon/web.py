@@ -58,6 +58,8 @@ HISTORY_LIMIT = 5000  # captures held per day: far above a clinic day
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# A Host header, strictly: a name or an IPv4 address, or an IPv6 address in brackets, then an optional port.
+_HOST = re.compile(r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
 
 
 class Behind(Exception):
@@ -278,7 +280,7 @@ class OperatorWeb:
         self.status = status
         self.keepalive = keepalive
         self.board = Board(root)
-        self.loopback_only = _is_loopback(host)
+        self.loopback_only = is_loopback_address(host)
         self._page = PAGE.read_bytes()
         self._thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._thumbs_lock = threading.Lock()
@@ -410,7 +412,21 @@ def _make_thumbnail(data: bytes) -> bytes | None:
     return buffer.getvalue()
 
 
-def _is_loopback(host: str) -> bool:
+def host_is_loopback(headers: Any) -> bool:
+    """Whether a request names this machine: exactly one Host header, of the form host[:port], a loopback name.
+
+    A page elsewhere that reaches 127.0.0.1 through DNS rebinding sends its own
+    name and is refused; so is anything that does not parse (two Host headers,
+    "localhost:80@evil.example", a port that is not a number). The rating app
+    (pyfundus.mark.server) answers by the same rule.
+    """
+    hosts = headers.get_all("Host") or []
+    match = _HOST.fullmatch(hosts[0]) if len(hosts) == 1 else None
+    return match is not None and (match["ipv6"] or match["name"]).lower() in _LOOPBACK_NAMES
+
+
+def is_loopback_address(host: str) -> bool:
+    """Whether a listen address reaches this machine only (then requests must name it: host_is_loopback)."""
     if host in _LOOPBACK_NAMES:
         return True
     try:
@@ -444,7 +460,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         web = self.server.web
-        if web.loopback_only and not self._host_is_loopback():
+        if web.loopback_only and not host_is_loopback(self.headers):
             self._send(HTTPStatus.FORBIDDEN, b"this page answers only to localhost\n", "text/plain; charset=utf-8")
             return
         url = urlsplit(self.path)
@@ -521,11 +537,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _write(self, text: str) -> None:
         self.wfile.write(text.encode())
         self.wfile.flush()
-
-    def _host_is_loopback(self) -> bool:
-        host = self.headers.get("Host", "")
-        name = host[1:].partition("]")[0] if host.startswith("[") else host.rpartition(":")[0] or host
-        return name.lower() in _LOOPBACK_NAMES
 
     def _json(self, code: HTTPStatus, body: Any) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")
