@@ -1,11 +1,14 @@
-"""pyfundus.mark.aggregate against values worked out by hand."""
+"""pyfundus.mark.aggregate against values worked out by hand, and `pyfundus mark aggregate` on a CSV."""
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 
 import pytest
 
+from pyfundus.cli import main
 from pyfundus.mark.aggregate import (
     Opinion,
     RatingsError,
@@ -96,6 +99,34 @@ def write_ratings_csv(path, rows, header="file_name,rater,rater_level,score,leve
     return path
 
 
+def test_pyfundus_mark_aggregate_writes_mos_csv_and_both_histograms(tmp_path, capsys):
+    rows = [(o.file_name, o.rater, o.rater_level, o.score, o.level) for o in FQS_PANEL]
+    rows += [("b.jpg", "s1", SENIOR, 82, "Good"), ("b.jpg", "j1", JUNIOR, 30, "Reject")]
+    table = write_ratings_csv(tmp_path / "ratings.csv", rows)
+    assert main(["mark", "aggregate", str(table), "--out", str(tmp_path / "agg"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    with open(tmp_path / "agg" / "mos.csv", newline="") as f:
+        mos = list(csv.DictReader(f))
+    assert list(mos[0]) == ["file_name", "meanOpinionScore", "qualityLevel", "sd", "n_raters"]
+    assert mos == [
+        {"file_name": "a.jpg", "meanOpinionScore": "73.33", "qualityLevel": "Usable", "sd": "14.14", "n_raters": "6"},
+        # (2 x 82 + 30) / 3 = 64.67; Good 2 beats Reject 1; SD 52 / sqrt(2) = 36.77
+        {"file_name": "b.jpg", "meanOpinionScore": "64.67", "qualityLevel": "Good", "sd": "36.77", "n_raters": "2"},
+    ]
+    assert report["images"] == 2 and report["opinions"] == 8 and report["raters"] == 6
+    assert report["classes"] == {"Good": 1, "Usable": 1, "Reject": 0} and report["disagreements"] == 2
+    for name in ("mos_histogram.png", "sd_histogram.png"):
+        assert (tmp_path / "agg" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    (tmp_path / "only-a.csv").write_text("".join(table.read_text().splitlines(keepends=True)[:7]))
+    assert main(["mark", "aggregate", str(tmp_path / "only-a.csv"), "--out", str(tmp_path / "paper"),
+                 "--paper-formula", "--no-plots"]) == 0  # fmt: skip
+    assert "a.jpg,72.60,Usable,14.14,6" in (tmp_path / "paper" / "mos.csv").read_text()
+    assert not (tmp_path / "paper" / "mos_histogram.png").exists()
+    assert main(["mark", "aggregate", str(table), "--out", str(tmp_path / "x"), "--paper-formula"]) == 2
+    assert "b.jpg: the paper's formula needs 3 senior and 3 junior" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "rows, header, message",
     [
@@ -117,3 +148,8 @@ def test_a_bad_ratings_table_names_the_file_line_and_problem(tmp_path, rows, hea
     table = write_ratings_csv(tmp_path / "bad.csv", rows, **({"header": header} if header else {}))
     with pytest.raises(RatingsError, match=rf"^{tmp_path / 'bad.csv'}.*{message}"):
         read_ratings(table)
+
+
+def test_a_missing_ratings_file_is_a_usage_error(tmp_path, capsys):
+    assert main(["mark", "aggregate", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'nope.csv'}: no such file" in capsys.readouterr().err
