@@ -124,6 +124,24 @@ class StubModel(BrightnessScorer):
         return results
 
 
+@pytest.mark.slow
+def test_pyfundus_calibrate_takes_the_export_s_class_folders_as_they_are(dataset, tmp_path, capsys):
+    for seed, name in enumerate(NAMES):
+        (dataset / name).write_bytes(fundus_png(seed, size=160))  # the model reads images of 128 px and more
+    store = Store(dataset)
+    store.scan()
+    ana = store.add_rater("ana", "senior", "ana-password", actor="test")
+    for image, (score, level) in zip(store.rating_set(), ((85, "Good"), (20, "Reject"), (90, "Good"))):
+        store.set_opinion(ana, image.id, score, level)
+    store.close()
+    out = tmp_path / "out"
+    assert run(["mark", "export", "-d", str(dataset), "--out", str(out), "--no-progress"], "", capsys)[0] == 0
+    code, text, _ = run(["calibrate", "--good", str(out / "good"), "--reject", str(out / "reject"), "--json"], "", capsys)
+    report = json.loads(text)
+    assert code == 0 and report["n_scored"] == 3 and {k: v["n"] for k, v in report["per_class"].items()} == {
+        "Good": 2, "Reject": 1}  # fmt: skip
+
+
 def test_the_uncertain_order_scores_the_unscored_images_once(dataset):
     store = Store(dataset)
     store.scan()
