@@ -226,8 +226,7 @@ def _run_user_list(args: argparse.Namespace) -> int:
     store = _open(args.dataset)
     try:
         raters = {r.name: r.to_dict() for r in store.raters()}
-        total = len(store.rating_set())
-        rows = [{**raters[p["name"]], "scored": p["scored"], "images": total} for p in store.progress()]
+        rows = [{**raters[p["name"]], "scored": p["scored"]} for p in store.progress()]
     finally:
         store.close()
     if args.json:
@@ -236,7 +235,7 @@ def _run_user_list(args: argparse.Namespace) -> int:
     print(f"{'rater':<20} {'level':<7} {'admin':<5} {'login':<8} scored")
     for r in rows:
         login = "yes" if r["can_log_in"] and r["active"] else "disabled" if r["can_log_in"] else "no"
-        print(f"{r['name']:<20} {r['level']:<7} {'yes' if r['admin'] else '':<5} {login:<8} {r['scored']} / {r['images']}")
+        print(f"{r['name']:<20} {r['level']:<7} {'yes' if r['admin'] else '':<5} {login:<8} {r['scored']}")
     return 0
 
 

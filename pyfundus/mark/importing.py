@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from ..verdicts import CLASSES
 from .aggregate import read_ratings
+from .export import export_name
 from .store import MarkError, Store
 
 # A labels table is another module's (operator feedback); these are the column names read from it, first match wins.
@@ -166,8 +167,6 @@ def _import_labels(store: Store, ledger_path: Path) -> int:
 
 def _images_by_name(store: Store) -> dict[str, int]:
     """Image ids by their path in the dataset and by their name in an export (the same when the folder is flat)."""
-    from .export import export_name
-
     names: dict[str, int] = {}
     for image in store.images():
         names[image.path] = image.id

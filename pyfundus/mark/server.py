@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from ..daemon.web import host_is_loopback, is_loopback_address
 from ..verdicts import CLASSES
-from .aggregate import DEFAULT_SD_THRESHOLD, parse_score
+from .aggregate import DEFAULT_SD_THRESHOLD, disagreements, parse_score
 from .export import collect
 from .order import rater_order
 from .store import MarkError, Rater, Store
@@ -132,14 +132,14 @@ class MarkServer:
         }
 
     def disagreements(self, rater: Rater, sd_threshold: float) -> dict[str, Any]:
+        """The admin's queue with every opinion; it reveals them, so the admin's later opinions are not blind."""
         collected = collect(self.store)
-        disputed = [r for r in collected.results if r.disputed(sd_threshold)]
-        disputed.sort(key=lambda r: (-(r.sd or 0.0), r.file_name))
+        disputed = disagreements(collected.results, sd_threshold)
         self.store.reveal(rater, [collected.images[r.file_name].id for r in disputed])
+        meta = collected.opinion_meta
         rows = []
         for result in disputed:
             image = collected.images[result.file_name]
-            meta = collected.opinion_meta
             rows.append({
                 "id": image.id, "name": image.path, "mos": round(result.mos, 2), "level": result.level,
                 "sd": None if result.sd is None else round(result.sd, 2), "n": result.n_raters,

@@ -77,8 +77,7 @@ _SCHEMA = (
         source TEXT NOT NULL,               -- e.g. 'operator'
         level TEXT,
         note TEXT,
-        at REAL,
-        UNIQUE (image_id, source, level, note, at)
+        at REAL
     )""",
     """CREATE TABLE IF NOT EXISTS opinions (
         rater_id INTEGER NOT NULL REFERENCES raters (id),
@@ -122,7 +121,6 @@ _SCHEMA = (
         detail TEXT NOT NULL                -- JSON: what changed (old and new values)
     )""",
     "CREATE INDEX IF NOT EXISTS opinions_by_image ON opinions (image_id)",
-    "CREATE INDEX IF NOT EXISTS images_by_path ON images (path)",
     "CREATE INDEX IF NOT EXISTS adjustments_by_image ON adjustments (image_id, id)",
 )
 _APPEND_ONLY = ("audit", "adjustments")
@@ -179,10 +177,6 @@ class ScanReport:
         return f"{self.total} image(s) in the dataset" + (f" ({', '.join(extra)})" if extra else "")
 
 
-def state_dir(dataset: Path) -> Path:
-    return Path(dataset) / STATE_DIR_NAME
-
-
 class Store:
     """Thread-safe: each thread has its own connection; writes take SQLite's write lock up front."""
 
@@ -190,7 +184,7 @@ class Store:
         self.dataset = Path(dataset).resolve()
         if not self.dataset.is_dir():
             raise MarkError(f"{dataset}: no such dataset folder")
-        self.path = state_dir(self.dataset) / DB_NAME
+        self.path = self.dataset / STATE_DIR_NAME / DB_NAME
         if not create and not self.path.exists():
             raise MarkError(
                 f"{self.dataset} has no rating database ({self.path}); add a rater first: "
@@ -274,17 +268,17 @@ class Store:
         return self.rater(name)
 
     def rater(self, name: str) -> Rater:
-        row = self._read().execute("SELECT * FROM raters WHERE name = ?", (name,)).fetchone()
+        row = self._conn().execute("SELECT * FROM raters WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise MarkError(f"no rater named {name!r} (pyfundus mark user list shows them)")
         return _rater(row)
 
     def raters(self) -> list[Rater]:
-        return [_rater(row) for row in self._read().execute("SELECT * FROM raters ORDER BY name")]
+        return [_rater(row) for row in self._conn().execute("SELECT * FROM raters ORDER BY name")]
 
     def check_password(self, name: str, password: str) -> Rater | None:
         """The rater, if ``password`` is theirs and the account is active; every attempt is audited."""
-        row = self._read().execute("SELECT * FROM raters WHERE name = ?", (name,)).fetchone()
+        row = self._conn().execute("SELECT * FROM raters WHERE name = ?", (name,)).fetchone()
         ok = bool(row and row["active"] and row["password"] and verify_password(password, row["password"]))
         if row is None:
             verify_password(password, _DUMMY_HASH)  # the same time for a wrong name as for a wrong password
@@ -308,7 +302,7 @@ class Store:
     def session_rater(self, token: str) -> Rater | None:
         """The logged-in rater for a cookie's token (None when unknown, expired or the account is disabled)."""
         now = time.time()
-        row = self._read().execute(
+        row = self._conn().execute(
             "SELECT r.*, s.last_seen FROM sessions s JOIN raters r ON r.id = s.rater_id WHERE s.token_sha256 = ?",
             (_token_hash(token),),
         ).fetchone()
@@ -338,7 +332,7 @@ class Store:
         """
         files = self.image_files() if files is None else files
         report = ScanReport()
-        conn = self._read()
+        conn = self._conn()
         known = {row["path"]: row for row in conn.execute("SELECT * FROM images WHERE present = 1")}
         seen_ids: set[int] = set()
         for relative in files:
@@ -393,19 +387,19 @@ class Store:
                 return row["id"], "moved"
             return row["id"], "unchanged"  # touched, same content
 
-    def images(self, *, present_only: bool = True) -> list[Image]:
-        query = "SELECT * FROM images" + (" WHERE present = 1" if present_only else "") + " ORDER BY path"
-        return [_image(row) for row in self._read().execute(query)]
+    def images(self) -> list[Image]:
+        """Every image whose file is in the dataset folder, references included."""
+        return [_image(row) for row in self._conn().execute("SELECT * FROM images WHERE present = 1 ORDER BY path")]
 
     def image(self, image_id: int) -> Image:
-        row = self._read().execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
+        row = self._conn().execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchone()
         if row is None:
             raise MarkError(f"no image {image_id}")
         return _image(row)
 
     def rating_set(self) -> list[Image]:
         """The images raters are asked to score: present, and not a reference image."""
-        rows = self._read().execute(
+        rows = self._conn().execute(
             "SELECT * FROM images WHERE present = 1 AND id NOT IN (SELECT image_id FROM anchors) ORDER BY path"
         )
         return [_image(row) for row in rows]
@@ -420,15 +414,18 @@ class Store:
             )
 
     def add_hint(self, image_id: int, source: str, level: str | None, note: str | None, at: float | None) -> bool:
+        """Keep a hint (an operator's label) for the view after commit; False when it is already there."""
+        values = (image_id, source, level, note, at)
         with self._write() as conn:
-            cursor = conn.execute(
-                "INSERT OR IGNORE INTO hints (image_id, source, level, note, at) VALUES (?, ?, ?, ?, ?)",
-                (image_id, source, level, note, at),
-            )
-        return cursor.rowcount == 1
+            # IS, not =, so that two hints without a note (NULL) are the same hint: importing twice adds nothing.
+            if conn.execute("SELECT 1 FROM hints WHERE image_id = ? AND source = ? AND level IS ? AND note IS ? "
+                            "AND at IS ?", values).fetchone():  # fmt: skip
+                return False
+            conn.execute("INSERT INTO hints (image_id, source, level, note, at) VALUES (?, ?, ?, ?, ?)", values)
+        return True
 
     def hints(self, image_id: int) -> list[dict[str, Any]]:
-        rows = self._read().execute("SELECT source, level, note, at FROM hints WHERE image_id = ? ORDER BY at",
+        rows = self._conn().execute("SELECT source, level, note, at FROM hints WHERE image_id = ? ORDER BY at",
                                     (image_id,))  # fmt: skip
         return [dict(row) for row in rows]
 
@@ -468,14 +465,14 @@ class Store:
         return True
 
     def opinion(self, rater: Rater, image_id: int) -> dict[str, Any] | None:
-        row = self._read().execute(
+        row = self._conn().execute(
             "SELECT score, level, blind, updated_at FROM opinions WHERE rater_id = ? AND image_id = ?",
             (rater.id, image_id),
         ).fetchone()
         return dict(row) if row else None
 
     def opinions_of(self, rater: Rater) -> dict[int, dict[str, Any]]:
-        rows = self._read().execute("SELECT image_id, score, level FROM opinions WHERE rater_id = ?", (rater.id,))
+        rows = self._conn().execute("SELECT image_id, score, level FROM opinions WHERE rater_id = ?", (rater.id,))
         return {row["image_id"]: {"score": row["score"], "level": row["level"]} for row in rows}
 
     def others_opinions(self, rater: Rater, image_id: int) -> list[dict[str, Any]]:
@@ -498,7 +495,7 @@ class Store:
 
     def all_opinions(self) -> list[tuple[Image, Opinion, dict[str, Any]]]:
         """Every opinion of an image still in the rating set, with its image and (blind, updated_at)."""
-        rows = self._read().execute(
+        rows = self._conn().execute(
             "SELECT i.*, r.name AS rater, r.level AS rater_level, o.score, o.level, o.blind, o.updated_at "
             "FROM opinions o JOIN raters r ON r.id = o.rater_id JOIN images i ON i.id = o.image_id "
             "WHERE i.present = 1 AND i.id NOT IN (SELECT image_id FROM anchors) ORDER BY i.path, r.name"
@@ -511,7 +508,7 @@ class Store:
 
     def progress(self) -> list[dict[str, Any]]:
         """Per rater: how many images of the rating set they have scored."""
-        rows = self._read().execute(
+        rows = self._conn().execute(
             "SELECT r.name, r.level, r.admin, COUNT(o.image_id) AS scored FROM raters r "
             "LEFT JOIN opinions o ON o.rater_id = r.id AND o.image_id IN "
             "(SELECT id FROM images WHERE present = 1 AND id NOT IN (SELECT image_id FROM anchors)) "
@@ -538,7 +535,7 @@ class Store:
 
     def adjustments(self) -> dict[int, dict[str, Any]]:
         """The latest adjustment of each image (earlier ones stay in the table and the audit trail)."""
-        rows = self._read().execute(
+        rows = self._conn().execute(
             "SELECT a.image_id, a.score, a.level, a.reason, a.at, r.name AS by_rater FROM adjustments a "
             "JOIN raters r ON r.id = a.rater_id WHERE a.id IN (SELECT MAX(id) FROM adjustments GROUP BY image_id)"
         )
@@ -580,7 +577,7 @@ class Store:
 
     def anchors(self) -> list[dict[str, Any]]:
         """Reference images, best score first."""
-        rows = self._read().execute(
+        rows = self._conn().execute(
             "SELECT a.image_id AS id, i.path AS name, a.score, a.level, a.comment FROM anchors a "
             "JOIN images i ON i.id = a.image_id WHERE i.present = 1 ORDER BY a.score DESC, i.path"
         )
@@ -591,7 +588,7 @@ class Store:
     def audit_trail(self, limit: int | None = None) -> list[dict[str, Any]]:
         """Newest first."""
         query = "SELECT * FROM audit ORDER BY id DESC" + (" LIMIT ?" if limit else "")
-        rows = self._read().execute(query, (limit,) if limit else ())
+        rows = self._conn().execute(query, (limit,) if limit else ())
         return [{**dict(row), "detail": json.loads(row["detail"])} for row in rows]
 
     def note(self, actor: str, action: str, image: str | None, detail: dict[str, Any]) -> None:
@@ -612,9 +609,6 @@ class Store:
             with self._lock:
                 self._connections.append(conn)
         return conn
-
-    def _read(self) -> sqlite3.Connection:
-        return self._conn()
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
