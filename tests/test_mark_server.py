@@ -242,3 +242,23 @@ def test_the_page_is_self_contained_and_pictures_are_never_cached(served):
     info = client.get_json(f"/api/image/{a}")[1]
     assert info["fov"]["cx"] == pytest.approx(0.5, abs=0.03) and info["fov"]["r"] == pytest.approx(0.42, abs=0.04)
     assert client.request("GET", f"/img/{a}/huge")[0] == 404
+
+
+def test_the_admin_edits_the_reference_images_and_they_leave_every_queue(served):
+    b = image_id(served, "b.png")
+    ana, cleo = Client(served.port), Client(served.port)
+    ana.login("ana")
+    cleo.login("cleo")
+    reference = {"image": b, "score": 88, "level": "Good", "comment": "the site's sharpest capture"}
+    assert ana.post("/api/admin/reference", reference)[0] == 403
+    status, reply, _ = cleo.post("/api/admin/reference", reference)
+    assert status == 200 and reply["references"] == [{"id": b, "name": "b.png", "score": 88, "level": "Good",
+                                                      "comment": "the site's sharpest capture"}]  # fmt: skip
+    assert ana.get_json("/api/references")[1]["references"] == reply["references"], "every rater sees them"
+    assert "b.png" not in [i["name"] for i in ana.get_json("/api/queue")[1]["images"]]
+    assert ana.request("GET", f"/img/{b}/thumb")[0] == 200
+    status, reply, _ = cleo.post("/api/admin/reference", {**reference, "score": 150})
+    assert status == 400 and reply["error"] == "the reference: score 150 is outside 0-100"
+    assert cleo.post("/api/admin/reference", {"image": b, "remove": True})[1]["references"] == []
+    assert "b.png" in [i["name"] for i in ana.get_json("/api/queue")[1]["images"]]
+    assert [row["action"] for row in served.store.audit_trail()][:2] == ["reference.remove", "reference.set"]
