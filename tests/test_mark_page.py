@@ -55,11 +55,14 @@ class Page:
     """The rating page as a rater drives it: keys go to the page, as a person types them."""
 
     def __init__(self, driver, url: str) -> None:
+        from selenium.common.exceptions import StaleElementReferenceException
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
 
         self.driver, self.url, self.By = driver, url, By
-        self.wait_until = lambda condition, what: WebDriverWait(driver, 10, poll_frequency=0.02).until(condition, what)
+        # The page rebuilds its tables when data arrives: an element read mid-rebuild is looked up again.
+        wait = WebDriverWait(driver, 10, poll_frequency=0.02, ignored_exceptions=(StaleElementReferenceException,))
+        self.wait_until = lambda condition, what: wait.until(condition, what)
 
     def text(self, element_id: str) -> str:
         return self.driver.find_element(self.By.ID, element_id).text

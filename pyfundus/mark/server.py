@@ -235,12 +235,11 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "pyfundus-mark"
-    sys_version = ""
-    protocol_version = "HTTP/1.1"
+    sys_version = ""  # HTTP/1.0, one request per connection, as the operator page: close() leaves no kept-alive client
 
     def finish(self) -> None:
         super().finish()
-        self.server.app.store.release_thread()  # this thread ends with its client connection
+        self.server.app.store.release_thread()  # this thread ends with its request
 
     # ---- routing --------------------------------------------------------------------
 

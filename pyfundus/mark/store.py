@@ -216,12 +216,13 @@ class Store:
             self._connections.clear()
 
     def release_thread(self) -> None:
-        """Close this thread's connection (the web server's threads live for one client connection each)."""
+        """Close this thread's connection (the web server runs each request on a thread of its own)."""
         conn = getattr(self._local, "conn", None)
         if conn is not None:
             self._local.conn = None
             with self._lock:
-                self._connections.remove(conn)
+                if conn in self._connections:  # close() may have closed it already (a request at shutdown)
+                    self._connections.remove(conn)
             conn.close()
 
     # ---- raters ---------------------------------------------------------------------
