@@ -292,7 +292,7 @@ class OperatorWeb:
         self.keepalive = keepalive
         self.request_timeout = request_timeout
         self.board = Board(root)
-        self.loopback_only = _is_loopback(host)
+        self.loopback_only = is_loopback_address(host)
         self._page = PAGE.read_bytes()
         self._thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._thumbs_lock = threading.Lock()
@@ -435,7 +435,21 @@ def _make_thumbnail(data: bytes) -> bytes | None:
     return buffer.getvalue()
 
 
-def _is_loopback(host: str) -> bool:
+def host_is_loopback(headers: Any) -> bool:
+    """Whether a request names this machine: exactly one Host header, of the form host[:port], a loopback host.
+
+    A page elsewhere that reaches 127.0.0.1 through DNS rebinding sends its own
+    name and is refused; so is anything that does not parse (two Host headers,
+    "localhost:80@evil.example", "[::1].evil.example", a port that is not a number).
+    The rating app (pyfundus.mark.server) answers by the same rule.
+    """
+    hosts = headers.get_all("Host") or []
+    match = _HOST.fullmatch(hosts[0]) if len(hosts) == 1 else None
+    return match is not None and is_loopback_address(match["ipv6"] or match["name"])
+
+
+def is_loopback_address(host: str) -> bool:
+    """Whether an address or name reaches this machine only (a listen address, or a Host header's host)."""
     if host.lower() in _LOOPBACK_NAMES:
         return True
     try:
@@ -476,7 +490,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(self.headers.get_all("Host") or ()) > 1:
             self._send(HTTPStatus.BAD_REQUEST, b"one Host header, please\n", "text/plain; charset=utf-8")
             return
-        if web.loopback_only and not self._host_is_loopback():
+        if web.loopback_only and not host_is_loopback(self.headers):
             self._send(HTTPStatus.FORBIDDEN, b"this page answers only to localhost\n", "text/plain; charset=utf-8")
             return
         url = urlsplit(self.path)
@@ -553,10 +567,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _write(self, text: str) -> None:
         self.wfile.write(text.encode())
         self.wfile.flush()
-
-    def _host_is_loopback(self) -> bool:
-        match = _HOST.fullmatch(self.headers.get("Host", ""))
-        return match is not None and _is_loopback(match["ipv6"] or match["name"])
 
     def _json(self, code: HTTPStatus, body: Any) -> None:
         self._send(code, json.dumps(body).encode(), "application/json")

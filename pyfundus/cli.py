@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .daemon.cli import add_commands as add_daemon_commands  # watch, results
 
     add_daemon_commands(commands)
+    from .mark.cli import add_commands as add_mark_commands  # mark
+
+    add_mark_commands(commands)
     return parser
 
 
