@@ -18,7 +18,16 @@ from typing import Any
 
 from pyfundus.errors import EXIT_USAGE, UsageError
 
-from .config import CONFIG_KEYS, OPTIONS, port_number, positive_count, positive_seconds, score_value, split_command
+from .config import (
+    CONFIG_KEYS,
+    OPTIONS,
+    model_rule,
+    port_number,
+    positive_count,
+    positive_seconds,
+    score_value,
+    split_command,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +90,8 @@ def _add_watch(subparsers: Any) -> None:
         kwargs: dict[str, Any] = {"help": option.help, "default": argparse.SUPPRESS, "dest": option.name}
         if option.kind == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.kind == "models":
+            kwargs.update(action="append", type=model_rule, metavar=option.metavar)
         elif option.kind == "globs":
             kwargs.update(action="append", metavar=option.metavar)
         elif option.kind == "classes":

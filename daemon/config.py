@@ -26,7 +26,8 @@ class Option:
     """One setting. ``kind`` drives both the flag's parser and the config-file check."""
 
     name: str
-    kind: str  # path, seconds, count, port, score (0-100), bool, text, globs, choice, classes (list of choices) or command (argv)
+    kind: str  # path, seconds, count, port, score (0-100), bool, text, globs, choice, classes (list of choices),
+    # command (argv) or models (KEY=FILE rules: in the config file a table)
     help: str
     metavar: str | None = None
     choices: tuple[str, ...] = ()
@@ -47,6 +48,12 @@ OPTIONS: tuple[Option, ...] = (
            "temporary-file patterns", "GLOB"),
     Option("sidecars", "path", "write one JSON verdict per capture into DIR (mirrors the folder layout)", "DIR"),
     Option("model", "text", "registered model name or .safetensors file (default: shipped model)", "NAME|PATH"),
+    Option("camera_models", "models", "score this camera's captures with their own model (a site model from "
+           "pyfundus adapt); KEY is the camera as verdicts name it; repeatable (in the config file: a table)",
+           "KEY=FILE"),
+    Option("folder_models", "models", "score the captures in this sub-folder with their own model (for cameras "
+           "whose files do not name them); wins over --camera-model; repeatable (in the config file: a table)",
+           "SUBFOLDER=FILE"),
     Option("device", "text", "cpu, cuda, cuda:N or auto (default: cpu)", "DEVICE"),
     Option("backend", "choice", "runtime: torch, onnxruntime, tensorrt or auto (default: torch; for .onnx/.engine "
            "models, the file's runtime)", None,
@@ -108,6 +115,8 @@ class WatchConfig:
     ignore: list[str] = field(default_factory=list)
     sidecars: Path | None = None
     model: str | None = None
+    camera_models: dict[str, Path] = field(default_factory=dict)
+    folder_models: dict[str, Path] = field(default_factory=dict)
     device: str = "cpu"
     backend: str | None = None
     precision: str | None = None
@@ -146,6 +155,9 @@ class WatchConfig:
             self.sidecars = Path(self.sidecars).expanduser()
         if self.reject_folder is not None:
             self.reject_folder = Path(self.reject_folder).expanduser()
+        # Flags give (KEY, FILE) pairs, the config file a table: either way a mapping.
+        self.camera_models = {key: Path(path).expanduser() for key, path in dict(self.camera_models).items()}
+        self.folder_models = {key.strip("/"): Path(path).expanduser() for key, path in dict(self.folder_models).items()}
 
     def validate(self) -> None:
         """Checks that need the file system: the folder exists, outputs stay out of it."""
@@ -226,6 +238,10 @@ def _from_file(option: Option, value: Any, base: Path, source: Path) -> Any:
         if not isinstance(value, list) or not all(v in option.choices for v in value):
             raise ConfigError(f"{where} must be a list of {', '.join(option.choices)}")
         return value
+    if option.kind == "models":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ConfigError(f'{where} must be a table of model files, e.g. "TOPCON NW400" = "topcon.safetensors"')
+        return {key: base / Path(path).expanduser() for key, path in value.items()}
     if option.kind == "command":
         if isinstance(value, str):
             try:
@@ -280,6 +296,14 @@ def score_value(value: Any) -> float:
     if not 0 <= score <= 100:
         raise argparse.ArgumentTypeError(f"must be a score from 0 to 100, got {value}")
     return score
+
+
+def model_rule(value: str) -> tuple[str, Path]:
+    """``KEY=FILE`` (a camera key or a sub-folder, and the model file that scores it)."""
+    key, sep, path = value.rpartition("=")
+    if not sep or not key.strip() or not path.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=FILE, got {value!r}")
+    return key.strip(), Path(path.strip())
 
 
 def split_command(value: str) -> list[str]:

@@ -59,8 +59,18 @@ _SCHEMA = (
         warnings TEXT,                      -- JSON
         error TEXT,
         scored_at REAL,
-        reject_copy TEXT                    -- where --reject-action copied or moved it
+        reject_copy TEXT,                   -- where --reject-action copied or moved it
+        camera TEXT,                        -- maker and model, from DICOM or EXIF
+        model_sha256 TEXT,                  -- the weights that scored it
+        feedback TEXT,                      -- the operator's latest word: fine or retake (history in labels)
+        feedback_at REAL
     )""",
+    """CREATE TABLE IF NOT EXISTS labels (
+        sha256 TEXT NOT NULL REFERENCES captures (sha256) ON DELETE CASCADE,
+        label TEXT NOT NULL CHECK (label IN ('fine', 'retake')),
+        at REAL NOT NULL                    -- unix time of the click; every click is kept
+    )""",
+    "CREATE INDEX IF NOT EXISTS labels_by_capture ON labels (sha256)",
     """CREATE TABLE IF NOT EXISTS sightings (
         path TEXT NOT NULL,
         sha256 TEXT NOT NULL REFERENCES captures (sha256) ON DELETE CASCADE,
@@ -77,9 +87,13 @@ _SCHEMA = (
 )
 
 _VERDICT_COLUMNS = (
-    "state", "score", "quality_class", "probabilities", "reason", "causes", "eye", "patient_id", "study_uid",
-    "sop_instance_uid", "model", "trained", "backend", "timing_ms", "warnings", "error", "scored_at",
+    "state", "score", "quality_class", "probabilities", "reason", "causes", "camera", "eye", "patient_id",
+    "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "timing_ms", "warnings", "error",
+    "scored_at",
 )  # fmt: skip
+# Columns added after the first release: a ledger from before gets them on its first read-write open.
+_ADDED_COLUMNS = {"reject_copy": "TEXT", "camera": "TEXT", "model_sha256": "TEXT", "feedback": "TEXT",
+                  "feedback_at": "REAL"}  # fmt: skip
 _JSON_COLUMNS = ("probabilities", "causes", "timing_ms", "warnings")
 
 # Claim outcomes.
@@ -112,8 +126,9 @@ class Ledger:
                 raise sqlite3.DatabaseError(f"schema version {version} is newer than this pyfundus understands")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             columns = {row["name"] for row in conn.execute("PRAGMA table_info(captures)")}
-            if "reject_copy" not in columns:  # a ledger from before reject actions existed
-                conn.execute("ALTER TABLE captures ADD COLUMN reject_copy TEXT")
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE captures ADD COLUMN {column} {kind}")
 
     # ---- intake -------------------------------------------------------------
 
@@ -244,6 +259,20 @@ class Ledger:
 
     # ---- reading ------------------------------------------------------------
 
+    def add_feedback(self, sha256: str, label: str, now: float) -> Verdict | None:
+        """Record the operator's word on a capture's verdict ("fine" or "retake"); every click is kept in
+        ``labels``, the latest is the capture's. None when the capture has no verdict to speak of."""
+        with self._transaction("record feedback") as conn:
+            updated = conn.execute(
+                "UPDATE captures SET feedback = ?, feedback_at = ? WHERE sha256 = ? AND state != 'pending'",
+                (label, now, sha256),
+            )
+            if not updated.rowcount:
+                return None
+            conn.execute("INSERT INTO labels (sha256, label, at) VALUES (?, ?, ?)", (sha256, label, now))
+            row = conn.execute("SELECT * FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
+        return _verdict(row, row["path"])
+
     def captures(self) -> list[tuple[Verdict, list[str]]]:
         """Every capture's verdict (under its first path) and all the paths it was seen at."""
         with self._reading("read captures") as conn:
@@ -350,7 +379,7 @@ def _row_values(verdict: Verdict) -> list[Any]:
 
 
 def _verdict(row: sqlite3.Row, path: str, duplicate_of: str | None = None) -> Verdict:
-    values = {column: row[column] for column in _VERDICT_COLUMNS}
+    values = {column: _optional(row, column) for column in _VERDICT_COLUMNS}
     for column in _JSON_COLUMNS:
         values[column] = json.loads(values[column]) if values[column] is not None else None
     values["timing_ms"] = values["timing_ms"] or {}
@@ -363,5 +392,12 @@ def _verdict(row: sqlite3.Row, path: str, duplicate_of: str | None = None) -> Ve
         duplicate_of=duplicate_of,
         same_instance_as=row["same_instance_as"],
         reject_copy=row["reject_copy"],
+        feedback=_optional(row, "feedback"),
+        feedback_at=_optional(row, "feedback_at"),
         **values,
     )
+
+
+def _optional(row: sqlite3.Row, column: str) -> Any:
+    """A column a ledger from before it existed lacks (read-only readers cannot add it): None there."""
+    return row[column] if column in row.keys() else None

@@ -68,6 +68,8 @@ class Verdict(ScoreResult):
     other_paths: list[str] = field(default_factory=list)  # every other name of this content (results export)
     same_instance_as: str | None = None  # sha256 of an earlier capture with the same DICOM SOPInstanceUID
     reject_copy: str | None = None  # where --reject-action copied or moved the capture
+    feedback: str | None = None  # the operator's latest word on it: "fine" or "retake" (pyfundus.verdicts.FEEDBACK)
+    feedback_at: float | None = None  # unix time of that word
 
     @classmethod
     def from_result(cls, item: WorkItem, result: Any, *, backend: str, now: float) -> Verdict:
@@ -87,11 +89,13 @@ class Verdict(ScoreResult):
             probabilities=getattr(result, "probabilities", None),
             reason=getattr(result, "reason", None),
             causes=getattr(result, "causes", None),
+            camera=getattr(result, "camera", None),
             eye=getattr(result, "eye", None),
             patient_id=getattr(result, "patient_id", None),
             study_uid=getattr(result, "study_uid", None),
             sop_instance_uid=getattr(result, "sop_instance_uid", None),
             model=getattr(result, "model", None),
+            model_sha256=getattr(result, "model_sha256", None),
             trained=getattr(result, "trained", None),
             backend=backend,
             timing_ms=timing,
@@ -111,4 +115,5 @@ class Verdict(ScoreResult):
         record["state"] = self.state
         record["first_seen"] = iso_time(self.first_seen)
         record["scored_at"] = iso_time(self.scored_at)
+        record["feedback_at"] = iso_time(self.feedback_at)
         return record

@@ -28,10 +28,12 @@ import collections
 import json
 import logging
 import math
+import os
 import queue
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Protocol, Sequence
 
@@ -99,6 +101,32 @@ def load_scorer(
         log.info("compiling the model for one image and for batches (about a minute)")
     warm_up(scorer, batches=compile)
     return scorer
+
+
+def load_models(config: Any, root: str) -> Scorer:
+    """The default model, and a :class:`~.routing.ModelRouter` over it when the config maps cameras or
+    sub-folders to models of their own. Each model file is loaded once; the hand-set thresholds
+    (``reject_below``/``good_from``) apply to the default model, a site model keeps those it was fitted with."""
+    from .routing import ModelRouter, Route, describe_routes
+
+    options = {"device": config.device, "backend": config.backend, "precision": config.precision,
+               "compile": config.compile}  # fmt: skip
+    default = load_scorer(config.model, **options, reject_below=config.reject_below, good_from=config.good_from)
+    if not config.camera_models and not config.folder_models:
+        return default
+    loaded: dict[str, Scorer] = {}
+
+    def site_model(path: Path) -> Scorer:
+        key = os.path.realpath(path)
+        if key not in loaded:
+            loaded[key] = load_scorer(str(path), **options)
+        return loaded[key]
+
+    routes = [Route("camera", key, site_model(path)) for key, path in config.camera_models.items()]
+    routes += [Route("folder", key, site_model(path)) for key, path in config.folder_models.items()]
+    for line in describe_routes(routes):
+        log.info("route: %s", line)
+    return ModelRouter(default, routes, root)
 
 
 def warm_up(scorer: Scorer, *, batches: bool = False) -> None:
@@ -255,8 +283,13 @@ class ScoringWorker(threading.Thread):
             elif getattr(result, "incomplete", False) and not item.stalled:
                 self._release(item, Hint.INCOMPLETE, "looks unfinished: waiting for the rest of it")
             else:
-                done.append((item, Verdict.from_result(item, result, backend=self.backend, now=now)))
+                done.append((item, Verdict.from_result(item, result, backend=self._backend_of(result), now=now)))
         self._commit(done)
+
+    def _backend_of(self, result: Any) -> str:
+        """What computed this result: its own runtime when it says (several models may score), else the scorer's."""
+        runtime = getattr(result, "backend", None)
+        return f"pyfundus {__version__}, {runtime}" if runtime else self.backend
 
     def _give_up(self, item: WorkItem) -> None:
         log.error("%s: %s", self.names.label(item.path), KEEPS_CRASHING)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 from watchdog.observers.api import BaseObserver
 
 from .alerts import Alerts
+from .cameras import CameraWatch
 from .config import WatchConfig
 from .errors import LedgerError, StartupError
 from .filters import PathFilter
@@ -32,7 +33,7 @@ from .ledger import Ledger
 from .logs import Redactor
 from .records import FileStat, WorkItem
 from .rejects import RejectAction
-from .scoring import Scorer, ScoringWorker, load_scorer
+from .scoring import Scorer, ScoringWorker, load_models
 from .sinks import Sink, SinkHub
 from .statedir import LEDGER_NAME, InstanceLock, prepare_state_dir
 from .systemd import Notifier
@@ -73,6 +74,7 @@ class Daemon:
         self.watcher: Watcher | None = None
         self.work: queue.Queue[WorkItem] | None = None
         self.web: OperatorWeb | None = None
+        self.cameras: CameraWatch | None = None
 
     # ---- life cycle ---------------------------------------------------------
 
@@ -88,13 +90,10 @@ class Daemon:
                 initial = self._recover()
             except LedgerError as exc:
                 raise StartupError(f"{exc}; is the state directory full, read-only or damaged?") from exc
-            scorer = self._scorer if self._scorer is not None else load_scorer(
-                config.model, config.device, config.backend,
-                precision=config.precision, compile=config.compile,
-                reject_below=config.reject_below, good_from=config.good_from,
-            )  # fmt: skip
+            scorer = self._scorer if self._scorer is not None else load_models(config, self.root)
             self._add_actions()
             self._start_web()
+            self._watch_cameras(scorer)
             self.work = work = queue.Queue(maxsize=config.queue_size)
             self.intake = Intake(
                 paths=self.paths, ledger=self.ledger, work=work, sinks=self.sinks, names=self.names,
@@ -170,6 +169,21 @@ class Daemon:
         alerts = Alerts(config, names=self.names, payload_names=Redactor(self._roots, enabled=config.alert_redact))
         if alerts.enabled:
             self.sinks.add(alerts)
+
+    def _watch_cameras(self, scorer: Scorer) -> None:
+        """Say when a camera the model does not know starts sending captures (see cameras.py)."""
+        assert self.ledger is not None
+        taught = getattr(scorer, "mapped_cameras", set())
+        on_notice = self.web.board.notice if self.web is not None else (lambda notice: None)
+        self.cameras = CameraWatch(state_dir=str(self.config.state_dir), taught=taught, on_notice=on_notice)
+        try:
+            self.cameras.seed(verdict for verdict, _ in self.ledger.captures())
+        except LedgerError as exc:
+            log.error("cannot count the cameras' first captures: %s", exc)
+        for notice in self.cameras.notices.values():  # known from before this start: said again, once
+            log.warning("%s", notice.message)
+            on_notice(notice)
+        self.sinks.add(self.cameras)
 
     def _start_web(self) -> None:
         """The operator page, /healthz and /metrics; a verdict output too, closed with the others."""

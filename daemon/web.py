@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
-from pyfundus.verdicts import CLASSES, FAILED, iso_time
+from pyfundus.verdicts import CLASSES, FAILED, FEEDBACK, iso_time
 
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
@@ -64,6 +64,7 @@ REQUEST_TIMEOUT = 10.0  # seconds a client may take to send its request (or to t
 EVENTS_KEPT = 256  # a reconnect further behind than this reloads the page's state instead
 HISTORY_LIMIT = 5000  # captures held per day: far above a clinic day
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+FEEDBACK_BYTES = 1024  # a feedback request is {"id": ..., "label": ...}: anything larger is not one
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # RFC 9110 Host: uri-host [":" port], where uri-host is a name, an IPv4 address or an [IPv6] literal.
@@ -91,7 +92,9 @@ class Board:
         self._paths: dict[str, set[str]] = {}  # sha256 -> paths of today's scored captures: what /thumb may open
         self._latest: dict[str, Any] | None = None
         self._latest_when = 0.0
-        self._events: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(maxlen=EVENTS_KEPT)
+        # (number, kind, data): kind "verdict", "feedback" (the operator's word on one) or "notice" (a camera)
+        self._events: collections.deque[tuple[int, str, dict[str, Any]]] = collections.deque(maxlen=EVENTS_KEPT)
+        self._notices: dict[str, dict[str, Any]] = {}  # camera -> the notice the page shows
         self._sequence = 0
         self._closed = False
         self._cv = threading.Condition()
@@ -108,10 +111,34 @@ class Board:
     def publish(self, verdict: Verdict) -> None:
         self.metrics.observe(verdict)
         with self._cv:
-            record = self._hold(verdict, time.time())
-            self._sequence += 1
-            self._events.append((self._sequence, record))
-            self._cv.notify_all()
+            self._send("verdict", self._hold(verdict, time.time()))
+
+    def feedback(self, verdict: Verdict) -> dict[str, Any]:
+        """The operator's word on a capture (already in the ledger): held, and sent to every open page."""
+        self.metrics.observe_feedback(verdict.feedback)
+        with self._cv:
+            for key, record in self._today.items():
+                if key[0] == verdict.sha256:
+                    record.update(feedback=verdict.feedback, feedback_at=iso_time(verdict.feedback_at))
+            update = {"id": verdict.sha256, "feedback": verdict.feedback, "feedback_at": iso_time(verdict.feedback_at)}
+            self._send("feedback", update)
+        return update
+
+    def notice(self, notice: Any) -> None:
+        """A camera the model does not know (cameras.Notice): shown on every page until the daemon stops."""
+        record = {key: printable(value) if isinstance(value, str) else value for key, value in notice.to_dict().items()}
+        with self._cv:
+            self._notices[notice.camera] = record
+            self._send("notice", record)
+
+    def notices(self) -> list[dict[str, Any]]:
+        with self._cv:
+            return list(self._notices.values())
+
+    def _send(self, kind: str, data: dict[str, Any]) -> None:
+        self._sequence += 1
+        self._events.append((self._sequence, kind, data))
+        self._cv.notify_all()
 
     def close(self) -> None:
         with self._cv:
@@ -152,8 +179,12 @@ class Board:
             "patient_id": verdict.patient_id and printable(verdict.patient_id),
             "reason": reason,
             "duplicate_of": duplicate_of,
+            "camera": verdict.camera and printable(verdict.camera),
+            "model": verdict.model and printable(verdict.model),
             "trained": verdict.trained,
             "thumb": None if failed else f"/thumb/{verdict.sha256}",
+            "feedback": verdict.feedback,
+            "feedback_at": iso_time(verdict.feedback_at),
         }
 
     def name(self, path: str) -> str:
@@ -200,15 +231,15 @@ class Board:
                 raise Behind
             return int(number)
 
-    def wait_events(self, after: int, timeout: float) -> list[tuple[str, dict[str, Any]]] | None:
-        """Events numbered above ``after`` (waiting up to ``timeout``); None once the board is closed."""
+    def wait_events(self, after: int, timeout: float) -> list[tuple[str, str, dict[str, Any]]] | None:
+        """Events (id, kind, data) numbered above ``after`` (waiting up to ``timeout``); None once closed."""
         with self._cv:
             self._cv.wait_for(lambda: self._closed or self._sequence > after, timeout)
             if self._closed:
                 return None
             if self._events and self._events[0][0] > after + 1:
                 raise Behind  # more than EVENTS_KEPT arrived while this client was writing
-            return [(f"{self.run}-{n}", record) for n, record in self._events if n > after]
+            return [(f"{self.run}-{n}", kind, data) for n, kind, data in self._events if n > after]
 
 
 class Metrics:
@@ -222,6 +253,12 @@ class Metrics:
         self.buckets = [0] * len(LATENCY_BUCKETS)
         self.latency_sum = 0.0
         self.latency_count = 0
+        self.feedback = dict.fromkeys(FEEDBACK, 0)
+
+    def observe_feedback(self, label: str | None) -> None:
+        with self._lock:
+            if label in self.feedback:
+                self.feedback[label] += 1
 
     def observe(self, verdict: Verdict) -> None:
         with self._lock:
@@ -251,6 +288,9 @@ class Metrics:
             lines += _family("pyfundus_duplicates_total", "counter",
                              "Captures that arrived again under another name and were not scored again.")  # fmt: skip
             lines.append(f"pyfundus_duplicates_total {self.duplicates}")
+            lines += _family("pyfundus_feedback_total", "counter",
+                             "The operator's word on verdicts from the operator page: fine as it is, or retake anyway.")  # fmt: skip
+            lines += [f'pyfundus_feedback_total{{label="{name}"}} {count}' for name, count in self.feedback.items()]
             lines += _family("pyfundus_verdict_latency_seconds", "histogram",
                              "From the first file event of a capture to its verdict.")  # fmt: skip
             for bound, count in zip(LATENCY_BUCKETS, self.buckets):
@@ -300,6 +340,7 @@ class OperatorWeb:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._started = 0.0
+        self.ledger: Ledger | None = None
 
     def __call__(self, verdict: Verdict) -> None:
         self.board.publish(verdict)
@@ -320,6 +361,7 @@ class OperatorWeb:
             verdict for verdict, _ in captures
             if verdict.scored_at is not None and date.fromtimestamp(verdict.scored_at) == today
         )  # fmt: skip
+        self.ledger = ledger  # the operator's feedback is written there
         try:
             self._server = _Server((self.host, self.port), self)
         except OSError as exc:
@@ -337,6 +379,15 @@ class OperatorWeb:
                 "the operator page listens on %s, not only on this machine: anyone who can reach it sees "
                 "patient IDs and file names", self.host,
             )  # fmt: skip
+
+    def record_feedback(self, sha256: str, label: str) -> dict[str, Any] | None:
+        """The operator's word on a capture, kept in the ledger and sent to every open page; None: no such verdict."""
+        assert self.ledger is not None
+        verdict = self.ledger.add_feedback(sha256, label, time.time())
+        if verdict is None:
+            return None
+        log.info("the operator marked capture %s: %s", sha256[:12], label)
+        return self.board.feedback(verdict)
 
     def close(self, timeout: float = 0.0) -> None:
         """Ends the event streams, stops accepting, closes the socket; safe to call more than once."""
@@ -485,13 +536,53 @@ class _Handler(BaseHTTPRequestHandler):
         self.timeout = self.server.web.request_timeout  # applied to the connection by setup()
         super().setup()
 
-    def do_GET(self) -> None:
-        web = self.server.web
+    def _admitted(self) -> bool:
+        """One Host header, naming this machine while the server listens on loopback; else answered and False."""
         if len(self.headers.get_all("Host") or ()) > 1:
             self._send(HTTPStatus.BAD_REQUEST, b"one Host header, please\n", "text/plain; charset=utf-8")
-            return
-        if web.loopback_only and not host_is_loopback(self.headers):
+            return False
+        if self.server.web.loopback_only and not host_is_loopback(self.headers):
             self._send(HTTPStatus.FORBIDDEN, b"this page answers only to localhost\n", "text/plain; charset=utf-8")
+            return False
+        return True
+
+    def do_POST(self) -> None:
+        """``/api/feedback``: {"id": sha256, "label": "fine" | "retake"}, from this page only."""
+        if not self._admitted():
+            return
+        if urlsplit(self.path).path != "/api/feedback":
+            self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        # Any web page can make a browser POST to localhost; only this page's own origin may change anything.
+        if self.headers.get("Origin") != f"http://{self.headers.get('Host')}":
+            self._json(HTTPStatus.FORBIDDEN, {"error": "feedback comes from the operator page itself"})
+            return
+        if self.headers.get_content_type() != "application/json":
+            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send JSON"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length)) if 0 < length <= FEEDBACK_BYTES else None
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        sha256, label = (body.get("id"), body.get("label")) if isinstance(body, dict) else (None, None)
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256) or label not in FEEDBACK:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": f"expected {{\"id\": SHA256, \"label\": {' or '.join(FEEDBACK)}}}"})
+            return
+        try:
+            update = self.server.web.record_feedback(sha256, label)
+        except LedgerError as exc:
+            log.error("%s", exc)
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the ledger cannot take it now; try again"})
+            return
+        if update is None:
+            self._json(HTTPStatus.NOT_FOUND, {"error": "no verdict for that capture"})
+        else:
+            self._json(HTTPStatus.OK, update)
+
+    def do_GET(self) -> None:
+        web = self.server.web
+        if not self._admitted():
             return
         url = urlsplit(self.path)
         route = url.path
@@ -499,7 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, web._page, "text/html; charset=utf-8", page=True)
         elif route == "/api/latest":
             latest, cursor = web.board.latest()
-            self._json(HTTPStatus.OK, {"capture": latest, "last_event_id": cursor})
+            self._json(HTTPStatus.OK, {"capture": latest, "notices": web.board.notices(), "last_event_id": cursor})
         elif route == "/api/history":
             self._history(parse_qs(url.query).get("day", ["today"])[-1])
         elif route == "/events":
@@ -558,8 +649,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return  # the daemon is stopping
                 if not events:
                     self._write(": keep-alive\n\n")
-                for event_id, record in events:
-                    self._write(f"id: {event_id}\nevent: verdict\ndata: {json.dumps(record)}\n\n")
+                for event_id, kind, data in events:
+                    self._write(f"id: {event_id}\nevent: {kind}\ndata: {json.dumps(data)}\n\n")
                     after = int(event_id.rpartition("-")[2])
         except OSError:
             return  # the page went away, or stopped reading for request_timeout
@@ -584,8 +675,11 @@ class _Handler(BaseHTTPRequestHandler):
                 "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; "
                 "connect-src 'self'; frame-ancestors 'none'",
             )
-        self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the page went away mid-answer (a reload while a thumbnail loads): nothing to tell it
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("web: " + format, *args)

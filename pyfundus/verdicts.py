@@ -106,8 +106,12 @@ class ScoreResult:
 RECORD_FIELDS = (
     "path", "sha256", "state", "score", "class", "probabilities", "reason", "causes", "camera", "eye", "patient_id",
     "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "timing_ms", "warnings", "error",
-    "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy",
+    "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy", "feedback",
+    "feedback_at",
 )  # fmt: skip
+
+# The operator's word on a verdict, from the operator page: the capture is fine as it is, or needs a retake anyway.
+FEEDBACK = ("fine", "retake")
 
 # The CSV flattens the nested fields: probabilities into p_good/p_usable/p_reject, timing_ms into
 # total_ms/latency_ms, lists into ";"-joined text; causes stay in the JSON only.
@@ -115,7 +119,8 @@ CSV_COLUMNS = (
     "path", "sha256", "state", "score", "class", "p_good", "p_usable", "p_reject", "reason", "camera", "eye",
     "patient_id", "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "total_ms",
     "latency_ms", "warnings", "error",
-    "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy",
+    "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy", "feedback",
+    "feedback_at",
 )  # fmt: skip
 
 

@@ -58,7 +58,7 @@ class BrightnessScorer:
                 result.quality_class = "Good" if result.score >= 60 else "Usable" if result.score >= 35 else "Reject"
                 result.probabilities = {result.quality_class: 1.0}
                 result.reason = None if result.quality_class == "Good" else "exposure: stub reason"
-                result.eye, result.patient_id = image.eye, image.patient_id
+                result.camera, result.eye, result.patient_id = image.camera, image.eye, image.patient_id
                 result.study_uid, result.sop_instance_uid = image.study_uid, image.sop_instance_uid
                 result.timing_ms = {"total": 0.1}
             if result.sha256 is not None:
@@ -158,6 +158,10 @@ class LedgerView:
 
     def captures(self) -> list[sqlite3.Row]:
         return self._query("SELECT * FROM captures ORDER BY first_seen")
+
+    def clicks(self) -> list[str]:
+        """Every feedback click, oldest first."""
+        return [row["label"] for row in self._query("SELECT label FROM labels ORDER BY at")]
 
     def capture_at(self, path: str | os.PathLike) -> sqlite3.Row | None:
         """The capture a path resolves to (through its most recent sighting)."""

@@ -9,12 +9,17 @@ landing. Without chromium/chromedriver the test skips, except in CI
 
 from __future__ import annotations
 
+import io
+import json
+import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 from conftest import skip_or_fail
-from daemon_helpers import png_bytes, write
+from daemon_helpers import pixels, png_bytes, write
+from PIL import Image
 from web_helpers import serving
 
 # The stub scorer imports the reader (PIL, pydicom) on its first capture; the real daemon does so while
@@ -99,3 +104,71 @@ def test_a_reject_shows_retake_within_a_second_and_a_good_capture_clears_it(tmp_
         wait(seen.text_to_be_present_in_element((By.ID, "connection"), "Live"), "the stream after a reload")
         assert text("verdict") == "Good" and not browser.find_element(By.ID, "retake").is_displayed()
         assert len(browser.find_elements(By.CSS_SELECTOR, "#history tr")) == 2
+
+
+def camera_png(seed: int, camera: tuple[str, str]) -> bytes:
+    """A capture whose EXIF names its camera (Make, Model), as many cameras write them."""
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110] = camera
+    buffer = io.BytesIO()
+    Image.fromarray(pixels(seed, 32)).save(buffer, format="PNG", exif=exif)
+    return buffer.getvalue()
+
+
+def test_the_operator_marks_verdicts_by_key_and_an_unfamiliar_camera_is_said_aloud(tmp_path, browser, caplog):
+    """F and R mark the latest verdict; the mark reaches the ledger, the export and adapt --from-ledger.
+    A camera whose first captures mostly fall below Good raises a notice naming it and the command."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from pyfundus.daemon.cli import main as daemon_main
+    from pyfundus.daemon.feedback import graded_from_ledger
+
+    def wait(condition, what: str, timeout: float = 10.0):
+        return WebDriverWait(browser, timeout, poll_frequency=0.02).until(condition, what)
+
+    def press(key: str) -> None:
+        browser.find_element(By.TAG_NAME, "body").send_keys(key)
+
+    acme = ("Acme Optics", "FundusCam 9")
+    with serving(tmp_path) as s:
+        browser.get(s.url)
+        wait(seen.text_to_be_present_in_element((By.ID, "connection"), "Live"), "the live event stream")
+        assert browser.find_element(By.ID, "fine").get_attribute("disabled")  # nothing to speak about yet
+
+        dark = write(s.folder / "first.png", camera_png(REJECT, acme))
+        wait(seen.text_to_be_present_in_element((By.ID, "verdict"), "Reject"), "the Reject verdict")
+        assert browser.find_element(By.ID, "camera").text == "Acme Optics FundusCam 9"
+        press("f")  # the operator: this capture is fine as it is
+        wait(seen.text_to_be_present_in_element((By.ID, "feedback-state"), "Marked fine as it is"), "the mark")
+        assert browser.find_element(By.ID, "fine").get_attribute("aria-pressed") == "true"
+        stored = {v.path: v for v, _ in s.daemon.ledger.captures()}[os.path.realpath(dark)]
+        assert stored.feedback == "fine" and stored.feedback_at is not None
+
+        bright = write(s.folder / "second.png", camera_png(GOOD, acme))
+        wait(seen.text_to_be_present_in_element((By.ID, "verdict"), "Good"), "the Good verdict")
+        press("r")  # ... and this one needs a retake, whatever the gate says
+        wait(seen.text_to_be_present_in_element((By.ID, "feedback-state"), "Marked retake anyway"), "the mark")
+        first_row = browser.find_elements(By.CSS_SELECTOR, "#history tr")[1]  # newest first: first.png is second
+        assert first_row.find_elements(By.TAG_NAME, "td")[5].text == "fine as it is"
+
+        browser.refresh()  # the marks come back from the ledger
+        wait(seen.text_to_be_present_in_element((By.ID, "feedback-state"), "Marked retake anyway"), "after reload")
+
+        for i in range(4):  # most of this camera's first captures below Good: unfamiliar, said aloud
+            write(s.folder / f"more{i}.png", camera_png(REJECT + 1 + i, acme))
+        wait(seen.text_to_be_present_in_element((By.ID, "notices"), "Unfamiliar camera"), "the notice")
+        notice = browser.find_element(By.ID, "notices").text
+        assert "Acme Optics FundusCam 9" in notice and "pyfundus adapt --from-ledger" in notice
+        assert "--camera 'Acme Optics FundusCam 9'" in notice
+        assert any("looks unfamiliar" in r.getMessage() for r in caplog.records)  # the log says it too
+        state = str(s.daemon.config.state_dir)
+
+    graded = graded_from_ledger(state, camera="Acme Optics FundusCam 9")
+    assert graded == {"Good": [os.path.realpath(dark)], "Usable": [], "Reject": [os.path.realpath(bright)]}
+    out = tmp_path / "verdicts.json"
+    assert daemon_main(["results", "export", "--state-dir", state, "--format", "json", "-o", str(out)]) == 0
+    marks = {Path(r["path"]).name: (r["feedback"], r["camera"]) for r in json.loads(out.read_text())}
+    assert marks["first.png"] == ("fine", "Acme Optics FundusCam 9") and marks["second.png"][0] == "retake"
+    assert marks["more0.png"][0] is None

@@ -392,13 +392,14 @@ def test_metrics_are_valid_prometheus_text_and_count_what_happened(tmp_path):
                for family in families.values() for sample in family.samples}  # fmt: skip
     assert {name: families[name].type for name in families} == {
         "pyfundus_verdicts": "counter", "pyfundus_failures": "counter", "pyfundus_duplicates": "counter",
-        "pyfundus_verdict_latency_seconds": "histogram", "pyfundus_queue_depth": "gauge",
+        "pyfundus_feedback": "counter", "pyfundus_verdict_latency_seconds": "histogram", "pyfundus_queue_depth": "gauge",
         "pyfundus_observer_restarts": "counter", "pyfundus_observer_up": "gauge",
     }  # fmt: skip
     for grade in ("Good", "Usable", "Reject"):
         assert samples[("pyfundus_verdicts_total", (("class", grade),))] == 1
     assert samples[("pyfundus_failures_total", ())] == 1
     assert samples[("pyfundus_duplicates_total", ())] == 1
+    assert samples[("pyfundus_feedback_total", (("label", "fine"),))] == 0  # nobody clicked
     buckets = [(float(labels[0][1]), value) for (name, labels), value in samples.items()
                if name == "pyfundus_verdict_latency_seconds_bucket"]  # fmt: skip
     counts = [value for _, value in sorted(buckets)]
@@ -492,3 +493,31 @@ def test_port_flag_is_the_short_form_of_web_port(tmp_path):
     add_commands(parser.add_subparsers())
     assert parser.parse_args(["watch", str(tmp_path), "--port", "9001"]).web_port == 9001
     assert parser.parse_args(["watch", str(tmp_path), "--web-port", "9002"]).web_port == 9002
+
+
+def test_feedback_is_taken_from_the_page_only_and_for_real_verdicts(tmp_path):
+    """POST /api/feedback: this page's own origin, JSON, a capture with a verdict; kept in the ledger."""
+    with serving(tmp_path) as s:
+        capture = write(s.folder / "a.png", png_bytes(REJECT))
+        done(s, capture)
+        rows = shown(s, 1)
+        digest = sha256(png_bytes(REJECT))
+        body = json.dumps({"id": digest, "label": "fine"}).encode()
+        # Another site's page in the operator's browser: refused (no Origin, a foreign one, a form post).
+        assert s.post("/api/feedback", body, {"Origin": None})[0] == 403
+        assert s.post("/api/feedback", body, {"Origin": "http://evil.example"})[0] == 403
+        assert s.post("/api/feedback", body, {"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+        assert s.post("/api/feedback", b"x" * 2000)[0] == 400  # not JSON, and too long to be a click
+        assert s.post("/api/feedback", json.dumps({"id": digest, "label": "perfect"}).encode())[0] == 400
+        assert s.post("/api/feedback", json.dumps({"id": "0" * 64, "label": "fine"}).encode())[0] == 404
+        assert s.post("/api/elsewhere", body)[0] == 404
+        assert s.daemon.ledger.captures()[0][0].feedback is None  # nothing refused was stored
+        status, update = s.post("/api/feedback", body)
+        assert status == 200 and update["id"] == digest and update["feedback"] == "fine" and update["feedback_at"]
+        status, again = s.post("/api/feedback", json.dumps({"id": digest, "label": "retake"}).encode())
+        assert status == 200 and again["feedback"] == "retake"  # a change of mind: the latest counts
+        assert history(s)[0]["feedback"] == "retake" and rows[0]["feedback"] is None
+        metrics = s.get("/metrics")[2].decode()
+        assert 'pyfundus_feedback_total{label="fine"} 1' in metrics
+        assert 'pyfundus_feedback_total{label="retake"} 1' in metrics
+        assert LedgerView(s.daemon.config.state_dir).clicks() == ["fine", "retake"]  # every click is kept

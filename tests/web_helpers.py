@@ -34,6 +34,17 @@ class Served:
         finally:
             conn.close()
 
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """POST as the page does (its own Origin, JSON) unless ``headers`` say otherwise; (status, JSON body)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        sent = {"Origin": f"http://127.0.0.1:{self.port}", "Content-Type": "application/json", **(headers or {})}
+        try:
+            conn.request("POST", path, body=body, headers={k: v for k, v in sent.items() if v is not None})
+            response = conn.getresponse()
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            conn.close()
+
     def get_json(self, path: str) -> tuple[int, Any]:
         status, _, body = self.get(path)
         return status, json.loads(body)
