@@ -94,8 +94,7 @@ class AdaptConfig:
     tune: str = "all"  # which parameters learn: all, late (the last two stages and the head) or head
     variants: int = 320  # site variants in all, shared among the good training captures
     clean_fraction: float = 0.2  # of the site variants left undegraded
-    replay: float = 0.25  # share of each batch from the replay data
-    replay_images: int = 160
+    replay: float = 0.25  # share of each batch from the replay data (its pool is sized to match: r / (1 - r))
     holdout: float = 0.25  # share of the good captures held back, when there are at least MIN_HOLDOUT_SOURCES
     eval_variants: int = 24  # fresh variants per held-back capture
     cause_weight: float = 0.25
@@ -178,7 +177,7 @@ def adapt(
     )
     with progress_bar(0, desc="building variants", unit="img", enabled=progress) as bar:
         site = _site_pool(trained_on, others, config, spec, bar)
-        replay = _replay_pool(config, spec, bar)
+        replay = _replay_pool(config, spec, bar, images=math.ceil(len(site) * config.replay / (1 - config.replay)))
         check = _check_pool(held or trained_on, config, spec, seed=config.seed + 1000, bar=bar)
         # Thresholds are fitted on other variants than those the result is checked on, or the check flatters.
         calibration = _check_pool(trained_on, config, spec, seed=config.seed + 2000, bar=bar)
@@ -290,23 +289,24 @@ def _check_pool(captures: Sequence[Capture], config: AdaptConfig, spec: InputSpe
     return pool
 
 
-def _replay_pool(config: AdaptConfig, spec: InputSpec, bar) -> list[_Item]:
-    """Synthetic fundi with random cameras and degradations (and the licence-clear samples when fetched)."""
+def _replay_pool(config: AdaptConfig, spec: InputSpec, bar, *, images: int) -> list[_Item]:
+    """Synthetic fundi with random cameras and degradations (and the licence-clear samples when fetched),
+    as many as ``images``: each drawn as often as a site variant is."""
     from .data.synth import generate_fundus
 
-    if config.replay == 0:
+    if images == 0:
         return []
     sources = [_resize(crop_to_field_of_view(rgb, find_field_of_view(rgb)), WORKING_SIZE)
                for rgb in _licence_clear_samples()]  # fmt: skip
-    n_synth = max(1, config.replay_images // 4)
+    n_synth = max(1, images // 4)
     for i in range(n_synth):
         rgb, _ = generate_fundus(config.seed * 7919 + i, size=WORKING_SIZE)
         sources.append(_resize(crop_to_field_of_view(rgb, find_field_of_view(rgb)), WORKING_SIZE))
-    per_source = max(1, math.ceil(config.replay_images / len(sources)))
+    per_source = max(1, math.ceil(images / len(sources)))
     pool = []
     for index, square in enumerate(sources):
         pool += _variants(square, per_source, [config.seed, 4, index], 0.15, spec, bar, cameras=True, group=f"replay{index}")
-    return pool[: config.replay_images]
+    return pool[:images]
 
 
 def _licence_clear_samples() -> list[np.ndarray]:

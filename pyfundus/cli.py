@@ -255,6 +255,8 @@ def _add_adapt(commands) -> None:
     p.add_argument("--from-ledger", type=Path, metavar="STATE_DIR",
                    help="also the captures the operator marked on the operator page (\"Fine as it is\": good; "
                    "\"Retake anyway\": Reject), from the daemon's state directory")  # fmt: skip
+    p.add_argument("--camera", metavar="KEY",
+                   help="only captures from this camera (its key as the verdicts and the notice name it)")
     p.add_argument("-o", "--out", type=Path, required=True, help="the site model to write (.safetensors)")
     p.add_argument("-m", "--model", default=None, help="the model to adapt (default: the shipped model)")
     p.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole run (default: 20)")
@@ -262,6 +264,8 @@ def _add_adapt(commands) -> None:
     p.add_argument("--tune", choices=("all", "late", "head"), default="all",
                    help="which layers learn: all, late (the last two stages and the head) or head (default: all)")
     p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
+    p.add_argument("--variants", type=_positive_int, default=320,
+                   help="simulated variants of the good captures, in all (default: 320)")
     p.add_argument("--replay", type=float, default=0.25, help="share of each batch from replayed base data (default 0.25)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
@@ -284,7 +288,7 @@ def _run_adapt(args) -> int:
         from .daemon.feedback import graded_from_ledger
 
         try:
-            for level, paths in graded_from_ledger(args.from_ledger).items():
+            for level, paths in graded_from_ledger(args.from_ledger, camera=args.camera).items():
                 graded[level] = graded[level] + paths
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from exc
@@ -295,10 +299,15 @@ def _run_adapt(args) -> int:
         print(f"adapt: {message}", file=sys.stderr, flush=True)
 
     captures = read_captures(graded, on_error=lambda message: say(f"skipped: {message}"))
+    if args.camera is not None:
+        others = sum(c.camera != args.camera for c in captures)
+        captures = [c for c in captures if c.camera == args.camera]
+        if others:
+            say(f"{others} capture(s) from other cameras left out (--camera {args.camera!r})")
     try:
         config = AdaptConfig(
             out=str(args.out), base=args.model, minutes=args.minutes, steps=args.steps, tune=args.tune, lr=args.lr,
-            replay=args.replay, seed=args.seed, device=args.device, force=args.force,
+            variants=args.variants, replay=args.replay, seed=args.seed, device=args.device, force=args.force,
         )  # fmt: skip
         report = adapt(captures, config, resume=args.resume, progress=not args.no_progress, say=say)
     except AdaptRefused as exc:

@@ -1,8 +1,8 @@
 """pyfundus adapt: a site model from a site's own captures, with provenance, resume and refusal.
 
-A tiny FTHNet (96 px input, one block per stage) stands in for the shipped model where the test
-is about the mechanics, so CI trains real steps in seconds; the refusal test uses the shipped
-model, which has something to lose.
+A tiny FTHNet (one block per stage, 8 channels: 2.4 M parameters) stands in for the shipped model
+where the test is about the mechanics, so CI trains real steps in seconds; the refusal test uses
+the shipped model, which has something to lose.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pyfundus.models import create_model
 from pyfundus.verdicts import CAUSES
 from pyfundus.weights import ModelConfig, load_weights, save_weights
 
-TINY = {"img_size": 96, "window_size": 3, "embed_dim": 8, "depths": (1, 1, 1, 1), "num_causes": len(CAUSES)}
+TINY = {"embed_dim": 8, "depths": (1, 1, 1, 1), "num_causes": len(CAUSES)}
 PATIENT = "Doe_Jane_1957-03-04_OD"  # must never reach the model file
 
 
@@ -55,8 +55,8 @@ def site_captures(tmp_path_factory):
 
 
 def small(out, base, **overrides) -> AdaptConfig:
-    settings = dict(out=str(out), base=str(base), steps=4, batch_size=4, variants=8, replay_images=4,
-                    eval_variants=3, minutes=30.0, force=True)  # fmt: skip
+    settings = dict(out=str(out), base=str(base), steps=4, batch_size=4, variants=8, eval_variants=3, minutes=30.0,
+                    force=True)  # fmt: skip
     return AdaptConfig(**{**settings, **overrides})
 
 
@@ -73,7 +73,8 @@ def test_captures_are_read_once_by_content_with_their_camera(site_captures):
 def test_site_model_carries_provenance_and_no_file_names(tmp_path, tiny_base, site_captures, capsys):
     out = tmp_path / "site.safetensors"
     argv = ["adapt", "--good", *map(str, site_captures["Good"]), "--reject", *map(str, site_captures["Reject"]),
-            "--model", str(tiny_base), "--out", str(out), "--steps", "3", "--force", "--json", "--no-progress"]  # fmt: skip
+            "--model", str(tiny_base), "--out", str(out), "--steps", "3", "--variants", "8", "--force", "--json",
+            "--no-progress"]  # fmt: skip
     code = main(argv)
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and out.exists() and report["out"] == str(out)
@@ -91,7 +92,7 @@ def test_site_model_carries_provenance_and_no_file_names(tmp_path, tiny_base, si
     for leak in (PATIENT, "Doe", "Jane", str(tmp_path), site_captures["Good"][0].parent.name, ".jpg", ".png"):
         assert leak.encode() not in header, leak
     assert PATIENT.encode() not in raw  # (short strings turn up by chance in megabytes of float data)
-    assert config.input.size == 96  # the base's input contract travels with it
+    assert config.input == load_weights(tiny_base)[1].input  # the base's input contract travels with it
 
 
 def test_resume_ends_with_the_same_weights_bit_for_bit(tmp_path, tiny_base, site_captures):
@@ -112,30 +113,31 @@ def test_resume_ends_with_the_same_weights_bit_for_bit(tmp_path, tiny_base, site
         adapt(captures, changed, resume=True, progress=False)
 
 
-def test_a_model_that_checks_worse_is_not_written(tmp_path, site_captures, capsys):
-    """The shipped model, wrecked by a learning rate a thousand times too high, grades worse than itself."""
+def test_a_model_that_checks_worse_is_not_written(tmp_path, site_captures):
+    """The shipped model, wrecked by a learning rate thousands of times too high, grades worse than itself."""
     out = tmp_path / "wrecked.safetensors"
-    argv = ["adapt", "--good", *map(str, site_captures["Good"]), "--out", str(out), "--steps", "2", "--lr", "0.5",
-            "--replay", "0", "--json", "--no-progress"]  # fmt: skip
-    code = main(argv)
-    report = json.loads(capsys.readouterr().out)
-    assert code == 3 and not out.exists() and report["worse_than_base"] is True
-    assert report["after"]["qwk"] < report["before"]["qwk"]
-    config = AdaptConfig(out=str(out), steps=2, lr=0.5, replay=0.0, variants=8, eval_variants=4, force=True)
-    written = adapt(read_captures(site_captures), config, progress=False)
+    config = AdaptConfig(out=str(out), steps=2, batch_size=4, lr=0.5, replay=0.0, variants=6, eval_variants=4)
+    captures = read_captures(site_captures)
+    with pytest.raises(AdaptRefused) as refused:
+        adapt(captures, config, progress=False)
+    report = json.loads(str(refused.value))
+    assert report["worse_than_base"] is True and report["after"]["qwk"] < report["before"]["qwk"]
+    assert not out.exists()
+    config.force = True
+    written = adapt(captures, config, progress=False)
     assert written["worse_than_base"] is True and out.exists()  # --force writes it, and says it is worse
 
 
-def test_adapt_refusal_is_an_exception_with_the_report(tmp_path, tiny_base, site_captures, monkeypatch):
+def test_the_command_exits_3_and_writes_nothing_when_refused(tmp_path, tiny_base, site_captures, monkeypatch, capsys):
     from pyfundus import adapt as adapt_module
 
     verdicts = iter([{"qwk": 0.5, "srcc": 0.5}, {"qwk": 0.4, "srcc": 0.9}])  # before, after
     monkeypatch.setattr(adapt_module, "_evaluate", lambda *a, **k: next(verdicts))
-    config = small(tmp_path / "x.safetensors", tiny_base, force=False, steps=2)
-    with pytest.raises(AdaptRefused) as refused:
-        adapt(read_captures(site_captures), config, progress=False)
-    assert json.loads(str(refused.value))["worse_than_base"] is True
-    assert not (tmp_path / "x.safetensors").exists()
+    out = tmp_path / "x.safetensors"
+    argv = ["adapt", "--good", *map(str, site_captures["Good"]), "--model", str(tiny_base), "--out", str(out),
+            "--steps", "2", "--variants", "4", "--json", "--no-progress"]  # fmt: skip
+    assert main(argv) == 3 and not out.exists()
+    assert json.loads(capsys.readouterr().out)["worse_than_base"] is True
 
 
 def test_adapt_needs_a_good_capture(tmp_path, tiny_base, site_captures, capsys):

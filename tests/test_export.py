@@ -194,9 +194,12 @@ def test_auto_on_cpu_times_the_verified_candidates_and_picks_the_fastest(fp32_fi
     measured = dict(re.findall(r"(torch bf16|torch fp32|onnxruntime fp32) ([\d.]+) ms", auto.backend_description))
     assert set(measured) == {"torch bf16", "torch fp32", "onnxruntime fp32"}, auto.backend_description
     winner = min(measured, key=lambda name: float(measured[name]))
-    assert auto.backend_description.startswith(f"{winner} on cpu; auto: {winner} (fastest here at batch 1: ")
+    # The runtime's own description: "onnxruntime fp32 on cpu (CPUExecutionProvider)" names its provider too.
+    described = auto.runtime.describe()
+    assert described.startswith(f"{winner} on cpu")
+    assert auto.backend_description.startswith(f"{described}; auto: {winner} (fastest here at batch 1: ")
     results = auto.score(parity_samples()[:2])
-    assert all(r.ok and r.backend.startswith(f"{winner} on cpu") for r in results)
+    assert all(r.ok and r.backend == described for r in results)
     assert results[0].to_dict()["backend"] == results[0].backend
 
     # With fixed timings, whichever is fastest wins...
