@@ -4,7 +4,8 @@ The source is the CC0 retina photo bundled with scikit-image, cropped to its
 field of view and degraded at 512 px (the resolution the proxy data use), then
 shown as 256 px tiles. Each pair of tiles uses one seed, so the 0.8 tile is
 the 0.3 defect made worse. The first pair is the clean photo and a cofe-Net
-'111' (op2) draw, the last a cofe-Net training-variant '111' and an op1 draw.
+'111' (cofe_all_three, CLEAQ-DR's op2) draw, the last a cofe-Net training-variant '111' and a cofe_one_or_two
+(CLEAQ-DR's op1) draw.
 
 Usage: python scripts/make_degrade_figure.py [--out docs/degradations.png]
 """
@@ -19,7 +20,15 @@ import numpy as np
 import skimage.data
 from PIL import Image
 
-from pyfundus.data.degrade import TYPES, DegradationRecord, cofe_degrade, degrade, fov_mask, op1, op2
+from pyfundus.data.degrade import (
+    TYPES,
+    DegradationRecord,
+    cofe_all_three,
+    cofe_degrade,
+    cofe_one_or_two,
+    degrade,
+    fov_mask,
+)
 from pyfundus.preprocess import field_of_view_square, find_field_of_view
 
 WORK = 512  # degradation resolution
@@ -52,17 +61,17 @@ def describe(record: DegradationRecord) -> str:
 
 def tiles(clean: np.ndarray, mask: np.ndarray) -> list[np.ndarray]:
     out = [tile(clean, "clean (skimage retina)", "real photo, 512 px")]
-    img, rec = op2(clean, 7, mask=mask)
-    out.append(tile(img, "cofe 111 published (op2)", describe(rec)))
+    img, rec = cofe_all_three(clean, 7, mask=mask)
+    out.append(tile(img, "cofe 111 published (all three)", describe(rec)))
     for seed, name in enumerate(TYPES):
         for s in STRENGTHS:
             img, rec = degrade(clean, seed, types=[name], strength=s, mask=mask)
             out.append(tile(img, f"{name}  s={s}", describe(rec)))
     img, rec = cofe_degrade(clean, "111", 11, variant="training", mask=mask)
     out.append(tile(img, "cofe 111 training", describe(rec)))
-    img, rec = op1(clean, 5, mask=mask)
+    img, rec = cofe_one_or_two(clean, 5, mask=mask)
     codes = "+".join(step["type"] for step in rec.steps)
-    out.append(tile(img, f"op1: {codes}", describe(rec)))
+    out.append(tile(img, f"one or two: {codes}", describe(rec)))
     return out
 
 

@@ -18,13 +18,13 @@ from pyfundus.data.degrade import (
     DEGRADATIONS,
     TYPES,
     DegradationRecord,
+    cofe_all_three,
     cofe_degrade,
+    cofe_one_or_two,
     degrade,
     degraded_mask,
     draw_step,
     fov_mask,
-    op1,
-    op2,
     overall_severity,
     replay,
 )
@@ -290,15 +290,15 @@ def test_cause_of_each_type(retina: np.ndarray, mask: np.ndarray, name: str, cau
     assert record.causes[cause] == record.severity > 0
 
 
-def test_op1_uses_one_or_two_cofe_types_and_op2_all_three(retina: np.ndarray, mask: np.ndarray) -> None:
+def test_cofe_one_or_two_draws_one_or_two_types_and_cofe_all_three_all(retina: np.ndarray, mask: np.ndarray) -> None:
     sizes = set()
     for seed in range(30):
-        _, record = op1(retina, seed, mask=mask)
+        _, record = cofe_one_or_two(retina, seed, mask=mask)
         types = [s["type"] for s in record.steps]
         assert 1 <= len(types) <= 2 and types == [t for t in COFE if t in types]
         sizes.add(len(types))
     assert sizes == {1, 2}
-    _, record = op2(retina, 0, mask=mask)
+    _, record = cofe_all_three(retina, 0, mask=mask)
     assert [s["type"] for s in record.steps] == list(COFE)
 
 

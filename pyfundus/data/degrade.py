@@ -83,13 +83,13 @@ __all__ = [
     "TYPES",
     "Degradation",
     "DegradationRecord",
+    "cofe_all_three",
     "cofe_degrade",
+    "cofe_one_or_two",
     "degrade",
     "degraded_mask",
     "draw_step",
     "fov_mask",
-    "op1",
-    "op2",
     "overall_severity",
     "replay",
 ]
@@ -1261,15 +1261,16 @@ def cofe_degrade(
     return _render(img, steps, mask)
 
 
-def op1(img: np.ndarray, rng: np.random.Generator | int, **kw: Any) -> tuple[np.ndarray, DegradationRecord]:
-    """CLEAQ-DR op1 (for Usable images): one or two of the three cofe-Net types."""
+def cofe_one_or_two(img: np.ndarray, rng: np.random.Generator | int, **kw: Any) -> tuple[np.ndarray, DegradationRecord]:
+    """One or two of the three cofe-Net types, at random: CLEAQ-DR's "op1", applied to Usable images
+    (Hou et al., IEEE JBHI 2023), which are already a little degraded."""
     rng = np.random.default_rng(rng)
     code = ("001", "010", "100", "011", "101", "110")[int(rng.integers(6))]
     return cofe_degrade(img, code, rng, **kw)
 
 
-def op2(img: np.ndarray, rng: np.random.Generator | int, **kw: Any) -> tuple[np.ndarray, DegradationRecord]:
-    """CLEAQ-DR op2 (for Good images): all three cofe-Net types."""
+def cofe_all_three(img: np.ndarray, rng: np.random.Generator | int, **kw: Any) -> tuple[np.ndarray, DegradationRecord]:
+    """All three cofe-Net types (illumination, spots, blur): CLEAQ-DR's "op2", applied to Good images."""
     return cofe_degrade(img, "111", rng, **kw)
 
 
