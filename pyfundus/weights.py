@@ -68,6 +68,7 @@ class ModelConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     trained: bool = False
     causes: list[str] = field(default_factory=list)  # names of the cause head's outputs, in order
+    classes: list[str] = field(default_factory=list)  # names of a classifier's outputs, in order (DR grades)
     description: str = ""
     training: dict = field(default_factory=dict)  # data, schedule and metrics, for the record
 
@@ -81,6 +82,7 @@ class ModelConfig:
                 "thresholds": self.thresholds.to_dict(),
                 "trained": self.trained,
                 "causes": self.causes,
+                "classes": self.classes,
                 "description": self.description,
                 "training": self.training,
             }
@@ -98,6 +100,7 @@ class ModelConfig:
             thresholds=Thresholds.from_dict(data.get("thresholds", {})),
             trained=bool(data.get("trained", False)),
             causes=list(data.get("causes", [])),
+            classes=list(data.get("classes", [])),
             description=data.get("description", ""),
             training=data.get("training", {}),
         )
