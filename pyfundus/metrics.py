@@ -24,10 +24,13 @@ __all__ = [
     "accuracy",
     "calibrate_thresholds",
     "confusion_matrix",
+    "dice",
     "plcc",
+    "psnr",
     "quadratic_weighted_kappa",
     "rmse",
     "srcc",
+    "ssim",
 ]
 
 # Two objective values closer than this are a tie (float noise, not a real difference).
@@ -77,6 +80,57 @@ def quadratic_weighted_kappa(
     """
     counts = confusion_matrix(pred_labels, true_labels, labels)
     return float(_qwk(counts[None], _quadratic_weights(len(labels)))[0])
+
+
+def psnr(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Peak signal-to-noise ratio in dB of two uint8 (or [0, 1] float) RGB images, over ``mask``'s pixels only.
+
+    Restricted to the field of view, as enhancement papers report it: the black surround would otherwise
+    count as perfectly restored. inf for identical images.
+    """
+    x, y = _unit(image), _unit(reference)
+    diff = (x - y)[mask] if mask is not None else (x - y)
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    return float("inf") if mse == 0 else float(10.0 * np.log10(1.0 / mse))
+
+
+def ssim(image: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Structural similarity (Wang et al., IEEE TIP 2004) of two RGB images, averaged over ``mask``'s pixels.
+
+    The paper's form: an 11x11 Gaussian window of sigma 1.5, K1 0.01, K2 0.03, data range 1, computed per
+    channel and averaged (scikit-image's ``structural_similarity(..., gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1)``, whose mean this equals without a mask).
+    """
+    import cv2
+
+    x, y = _unit(image).astype(np.float64), _unit(reference).astype(np.float64)
+    c1, c2 = 0.01**2, 0.03**2
+
+    def blur(a: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(a, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)
+
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    index = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    index = index.mean(axis=-1) if index.ndim == 3 else index
+    # Away from the border by the window's half-width, as scikit-image crops before averaging.
+    valid = np.zeros(index.shape, bool)
+    valid[5:-5, 5:-5] = True
+    if mask is not None:
+        valid &= mask
+    return float(index[valid].mean())
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks: 2|A and B| / (|A| + |B|); 1 when both are empty."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    total = int(a.sum() + b.sum())
+    return 1.0 if total == 0 else float(2.0 * np.logical_and(a, b).sum() / total)
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    return image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
 
 
 def calibrate_thresholds(
