@@ -8,15 +8,15 @@ from __future__ import annotations
 
 from .version import __version__
 
-__all__ = ["__version__", "load_model", "list_models", "read_image", "ScoreResult"]
+__all__ = ["__version__", "load_enhancer", "load_grader", "load_model", "list_models", "read_image", "ScoreResult"]
 
 
 def __getattr__(name: str):
     # PEP 562 lazy attributes: nothing heavy is imported until it is used.
-    if name == "load_model":
-        from .api import load_model
+    if name in ("load_model", "load_enhancer", "load_grader"):
+        from . import api
 
-        return load_model
+        return getattr(api, name)
     if name == "ScoreResult":
         from .verdicts import ScoreResult
 

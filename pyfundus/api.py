@@ -18,13 +18,22 @@ import torch
 from .export.runtimes import Runtime, TorchRuntime, create_runtime, resolve_device
 from .grading import Thresholds
 from .io import FundusImage, ImageReadError, read_image, source_name
-from .models import create_model, is_classical, is_model, list_models
+from .models import create_model, is_classical, is_model, list_models, model_task
 from .paths import sha256_file
 from .preprocess import NoFundusError, preprocess
 from .verdicts import ScoreResult, reason_for
 from .weights import InputSpec, ModelConfig, load_weights
 
-__all__ = ["DEFAULT_MODEL", "QualityModel", "ScoreResult", "UntrainedModelWarning", "load_model"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "QualityModel",
+    "ScoreResult",
+    "UntrainedModelWarning",
+    "load_enhancer",
+    "load_grader",
+    "load_model",
+    "load_network",
+]
 
 log = logging.getLogger(__name__)
 
@@ -246,6 +255,22 @@ def load_model(
     device = resolve_device(device)
     if exported:
         return _from_export(Path(name_or_path), device, backend, thresholds, threads)
+    network, config, name, file = load_network(name_or_path, "quality", pretrained=pretrained)
+    config.thresholds = _thresholds(config.thresholds, thresholds)
+    runtime = create_runtime(
+        backend or "torch", network.eval(), config, name, device, precision=precision, threads=threads, compile=compile
+    )
+    return QualityModel(network, config, name, device, runtime, file=file)
+
+
+def load_network(
+    name_or_path: str | os.PathLike, task: str, *, pretrained: bool = True
+) -> tuple[torch.nn.Module, ModelConfig, str, Path | None]:
+    """The one way a network and its config are loaded, for every loader (load_model, load_enhancer,
+    load_grader): a registered name (its shipped weights in pyfundus/weights when present, else freshly
+    initialised, seeded) or a .safetensors file. Returns (network, config, name, file or None); refuses a
+    model made for another ``task`` (pyfundus.models.TASKS) and says which loader takes it."""
+    name_or_path = os.fspath(name_or_path)
     if is_model(name_or_path):
         shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
         file = shipped if pretrained and shipped.exists() else None
@@ -266,11 +291,24 @@ def load_model(
             )
         network, config = _from_file(path)
         name, file = path.stem, path
-    config.thresholds = _thresholds(config.thresholds, thresholds)
-    runtime = create_runtime(
-        backend or "torch", network.eval(), config, name, device, precision=precision, threads=threads, compile=compile
-    )
-    return QualityModel(network, config, name, device, runtime, file=file)
+    check_task(config.arch, task, name_or_path)
+    return network, config, name, file
+
+
+# Which loader takes a model of each task (pyfundus.models.TASKS), for the message when the wrong one is used.
+LOADERS = {
+    "quality": "pyfundus.load_model() / pyfundus score",
+    "enhance": "pyfundus.load_enhancer() / pyfundus enhance",
+    "grade": "pyfundus.load_grader() / pyfundus grade",
+    "quality_class": "pyfundus eval --task iqa",
+}
+
+
+def check_task(arch: str, task: str, what: str) -> None:
+    """Raise ValueError when ``arch`` is not a model for ``task``, naming the loader that takes it."""
+    actual = model_task(arch)
+    if actual != task:
+        raise ValueError(f"{what}: {arch} is a {actual!r} model, not a {task!r} one; load it with {LOADERS[actual]}")
 
 
 def _thresholds(stored: Thresholds, override: Thresholds | Mapping[str, float | None] | None) -> Thresholds:
@@ -335,6 +373,7 @@ def _from_export(
         runtime = TensorRTRuntime(path, device)
         metadata = runtime.info.onnx_metadata
     config = config_from_metadata(metadata)
+    check_task(config.arch, "quality", str(path))
     config.thresholds = _thresholds(config.thresholds, thresholds)
     return QualityModel(None, config, metadata.get("model", path.stem), device, runtime, file=path)
 
@@ -375,3 +414,69 @@ def _failed(result: ScoreResult, error: str, started: float) -> tuple[ScoreResul
 
 def _ms(started: float) -> float:
     return (time.perf_counter() - started) * 1000.0
+
+
+def load_enhancer(
+    name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu", *, threads: int | None = None
+):
+    """The enhancer (CLEAQ-DR's IQE): the shipped one (``cleaq_iqe_cpu``), a registered name, a .safetensors
+    file from ``pyfundus train --task iqe`` (or a joint run's ``enhancer.safetensors``) or its ONNX export.
+    Returns a :class:`pyfundus.enhance.Enhancer`; ``threads``: CPU threads for the model."""
+    from .enhance import DEFAULT_ENHANCER, Enhancer
+    from .models.cleaq_iqe import EnhancedOnly
+
+    name_or_path = DEFAULT_ENHANCER if name_or_path is None else os.fspath(name_or_path)
+    device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    exported = _exported(name_or_path, "enhance", device, threads)
+    if exported is not None:
+        return Enhancer(None, *exported)
+    network, config, name, file = load_network(name_or_path, "enhance")
+    if not config.trained:
+        warnings.warn(f"enhancer {name!r} has no trained weights: it returns each capture unchanged",
+                      UntrainedModelWarning, stacklevel=2)  # fmt: skip
+    wrapped = EnhancedOnly(network.eval())
+    return Enhancer(wrapped, config, name, TorchRuntime(wrapped, device, "fp32"), file)
+
+
+def load_grader(
+    name_or_path: str | os.PathLike | None = None, device: str | torch.device = "cpu", *, threads: int | None = None
+):
+    """A DR grader you trained (``pyfundus train --task dr`` or ``--task joint``), as a .safetensors file or its
+    ONNX export. pyfundus ships none (no DR-labelled photos could be used here): without a trained file this
+    raises :class:`pyfundus.dr_grader.NoGraderError`, whose message says how to train one. Returns a
+    :class:`pyfundus.dr_grader.Grader`."""
+    from .dr_grader import TRAIN_HINT, Grader, NoGraderError
+
+    if name_or_path is None or is_model(os.fspath(name_or_path)):
+        raise NoGraderError(TRAIN_HINT)
+    name_or_path = os.fspath(name_or_path)
+    device = resolve_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    exported = _exported(name_or_path, "grade", device, threads)
+    if exported is not None:
+        config, name, runtime, file = exported
+        network = None
+    else:
+        network, config, name, file = load_network(name_or_path, "grade")
+        runtime = TorchRuntime(network.eval(), device, "fp32")
+    if not config.trained:
+        raise NoGraderError(f"{name_or_path}: its weights are not trained. {TRAIN_HINT}")
+    return Grader(network, config, name, runtime, file)
+
+
+def _exported(path: str, task: str, device: torch.device, threads: int | None):
+    """(config, name, runtime, file) of an ONNX export for ``task``, or None when ``path`` is not one."""
+    if Path(path).suffix.lower() != ".onnx":
+        return None
+    from .export.onnx import config_from_metadata
+    from .export.runtimes import OrtRuntime
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    runtime = OrtRuntime(Path(path), device, threads=threads)
+    config = config_from_metadata(runtime.metadata)
+    check_task(config.arch, task, path)
+    return config, runtime.metadata.get("model", Path(path).stem), runtime, Path(path)

@@ -7,7 +7,6 @@ Heavy modules (torch, the model) are imported inside each command so that
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import logging
 import math
@@ -16,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import EXIT_USAGE, UsageError
+from .paths import expand_paths
 from .progress import progress_bar
 from .version import __version__
 
@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .mark.cli import add_commands as add_mark_commands  # mark
 
     add_mark_commands(commands)
+    from .cleaq_cli import add_commands as add_cleaq_commands  # enhance, grade
+
+    add_cleaq_commands(commands)
     return parser
 
 
@@ -195,36 +198,6 @@ def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, 
     except (ValueError, FileNotFoundError, RuntimeError, TensorRTUnavailable) as exc:
         raise UsageError(str(exc)) from exc
     return model
-
-
-def expand_paths(arguments: list[str], recursive: bool = False) -> list[tuple[str, str | None]]:
-    """(path, problem) pairs in argument order; problem is None for a file to score.
-
-    Folders contribute every non-hidden regular file (sorted), so a stray
-    non-image shows up in the output as an error rather than vanishing.
-    """
-    entries: list[tuple[str, str | None]] = []
-    for argument in arguments:
-        if os.path.isdir(argument):
-            entries.extend((path, None) for path in _folder_files(Path(argument), recursive))
-        elif os.path.lexists(argument):
-            entries.append((argument, None))
-        elif glob.has_magic(argument):
-            files = [m for m in sorted(glob.glob(argument, recursive=True)) if os.path.isfile(m)]
-            entries.extend((path, None) for path in files)
-            if not files:
-                entries.append((argument, "no files match this pattern"))
-        else:
-            entries.append((argument, "no such file or directory"))
-    return list(dict.fromkeys(entries))
-
-
-def _folder_files(folder: Path, recursive: bool) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
-    return found
 
 
 def _write_table(results, stream) -> None:
@@ -385,6 +358,9 @@ def _add_data(commands) -> None:
     )
     proxy.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
     proxy.set_defaults(run=_run_build_proxy)
+    from .cleaq_cli import add_data_commands  # build-pairs
+
+    add_data_commands(sub)
 
 
 def _run_fetch_samples(args) -> int:
@@ -442,15 +418,16 @@ def _add_train(commands) -> None:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=JSON",
                    help='architecture argument, e.g. --model-arg shift=false --model-arg "depths=[2,2,2,2]"')
     p.add_argument("--steps", type=_positive_int, default=2000, help=f"optimiser steps {from_defaults}")
-    p.add_argument("--batch-size", type=_positive_int, default=16, help=from_defaults)
-    p.add_argument("--lr", type=float, default=1e-4, help=f"peak learning rate {from_defaults}")
+    p.add_argument("--batch-size", type=_positive_int, help="(default: 16; CLEAQ-DR tasks 8)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: 1e-4; CLEAQ-DR tasks 1e-3, the paper's)")
     p.add_argument("--warmup-steps", type=int, default=100, help=from_defaults)
     p.add_argument("--hyper-lr-ratio", type=float, default=0.1, help=f"hypernetwork lr / backbone lr {from_defaults}")
     p.add_argument("--loss", choices=("smooth_l1", "l1", "l2"), default="smooth_l1")
     p.add_argument("--class-weight", type=float, default=0.0, help="weight of a 3-way class head (0: no head)")
     p.add_argument("--cause-weight", type=float, default=0.0, help="weight of the cause head (0: no head)")
     p.add_argument("--ema-decay", type=float, default=0.99, help=from_defaults)
-    p.add_argument("--amp", choices=("bf16", "off"), default="bf16", help=f"CPU autocast {from_defaults}")
+    p.add_argument("--amp", choices=("bf16", "off"),
+                   help="CPU autocast (default: bf16; CLEAQ-DR tasks: bf16 where the CPU computes it natively)")
     p.add_argument("--val-fraction", type=float, default=0.1, help=f"share of source photos held for validation {from_defaults}")
     p.add_argument("--val-data", nargs="+", default=[], metavar="FOLDER",
                    help="validate on these folders (FQS layout) instead of a split of --data")
@@ -463,16 +440,28 @@ def _add_train(commands) -> None:
                    help="render each training image by a fresh random camera each time it is drawn (label-neutral)")
     p.add_argument("--rotations", action="store_true",
                    help="turn each training image by a random angle (label-neutral), so a photo's layout does not identify it")
-    p.add_argument("--init", metavar="WEIGHTS", help="start from these .safetensors weights (same architecture and heads)")
+    p.add_argument("--init", action="append", default=[], metavar="[PART=]WEIGHTS",
+                   help="start from these .safetensors weights (same architecture and heads); CLEAQ-DR tasks: "
+                   "PART=FILE (iqe, iqa, dr; repeatable) starts that part from a pyfundus model of it, or from your own "
+                   "ResNet-34/50 weights (torchvision key names) for its backbone. pyfundus ships no ImageNet weights")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
     p.add_argument("--stop-at", type=_positive_int, help="end this run at that step, state saved (continue with --resume)")
     p.add_argument("--no-progress", action="store_true")
+    from .cleaq_cli import add_train_options
+
+    add_train_options(p)
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args) -> int:
     from .models import is_classical, is_model
 
+    if args.task != "quality":
+        from .cleaq_cli import run_train
+
+        return run_train(args)
+    if len(args.init) > 1:
+        raise UsageError("--init: one weights file for a quality model")
     if is_model(args.model) and is_classical(args.model):
         return _fit_classical(args)
     from .train import TrainConfig, train
@@ -487,12 +476,13 @@ def _run_train(args) -> int:
     try:
         config = TrainConfig(
             data=args.data, out=args.out, model=args.model, model_kwargs=model_kwargs, steps=args.steps,
-            batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+            batch_size=args.batch_size or 16, lr=args.lr or 1e-4, warmup_steps=args.warmup_steps,
             hyper_lr_ratio=args.hyper_lr_ratio, loss=args.loss, class_weight=args.class_weight,
-            cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp,
+            cause_weight=args.cause_weight, ema_decay=args.ema_decay, amp=args.amp or "bf16",
             val_fraction=args.val_fraction, split_seed=args.split_seed, val_data=args.val_data,
             eval_every=args.eval_every,
-            seed=args.seed, device=args.device, init_from=args.init, camera_looks=args.camera_looks,
+            seed=args.seed, device=args.device, init_from=args.init[0] if args.init else None,
+            camera_looks=args.camera_looks,
             rotations=args.rotations,
         )  # fmt: skip
         path = train(config, resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
@@ -530,7 +520,8 @@ def _add_eval(commands) -> None:
     p.add_argument("--model", default=None,
                    help="model name, .safetensors or fitted .json file, or a classical model to fit on each "
                    "round's train side, such as 'brisque' (default: shipped model)")  # fmt: skip
-    p.add_argument("--data", required=True, help="folder in the FQS layout, or a label CSV (EyeQ or generic)")
+    p.add_argument("--data", help="folder in the FQS layout, or a label CSV (EyeQ or generic); CLEAQ-DR tasks: "
+                   "a pyfundus pairs folder or an EyeQ / Messidor / APTOS table (required but for --task enhance)")
     p.add_argument("--out", default="runs/eval", help="report folder (default: runs/eval)")
     p.add_argument("--split", choices=("all", "train", "test", "val"), default="all",
                    help="all images, or one side of the split protocol (default: all). A pretrained model is "
@@ -543,11 +534,21 @@ def _add_eval(commands) -> None:
     p.add_argument("--workers", type=_positive_int, default=2, help="processes for BRISQUE features (default 2)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true")
+    from .cleaq_cli import add_eval_options
+
+    add_eval_options(p)
     p.set_defaults(run=_run_eval)
 
 
 def _run_eval(args) -> int:
     from .evaluate import run_eval
+
+    if args.task != "quality":
+        from .cleaq_cli import run_eval as run_cleaq_eval
+
+        return run_cleaq_eval(args)
+    if not args.data:
+        raise UsageError("--data is required")
 
     try:
         summary = run_eval(
