@@ -246,6 +246,9 @@ def add_eval_options(p) -> None:
     g.add_argument("--quality-model", default=None, help="enhance, iqa: the FTHNet model to compare with (default: shipped)")
     g.add_argument("--baselines", nargs="+", default=None, metavar="NAME",
                    help="enhance: which baselines (default: degraded clahe unsharp ietk)")  # fmt: skip
+    g.add_argument("--ietk-python", metavar="PYTHON",
+                   help="enhance: the interpreter of an environment with IETK-Ret (default: $PYFUNDUS_IETK_PYTHON; "
+                   "see pyfundus/ietk_baseline.py)")  # fmt: skip
 
 
 def run_eval(args) -> int:
@@ -257,7 +260,7 @@ def run_eval(args) -> int:
                 raise UsageError("--task enhance needs --photos (clean, held-out photos)")
             summary = cleaq_eval.evaluate_enhancement(
                 args.photos, args.out, enhancer=args.model, quality_model=args.quality_model, draws=args.draws,
-                seed=args.seed, baselines=args.baselines, progress=not args.no_progress,
+                seed=args.seed, baselines=args.baselines, ietk_python=args.ietk_python, progress=not args.no_progress,
             )  # fmt: skip
         elif not args.data or not args.model:
             raise UsageError(f"--task {args.task} needs --data and --model (the model file to evaluate)")

@@ -170,6 +170,7 @@ def train_cleaq(config: CleaqTrainConfig, *, resume: bool = False, progress: boo
         split = split_records(dataset.records, seed=config.split_seed, fractions=(1 - config.val_fraction, 0.0, config.val_fraction))
         train_set, val_set = split["train"], split["val"]
     _check_labels(config, dataset, train_set)
+    train_set, val_set = [r for r in train_set if _has_target(r, config)], [r for r in val_set if _has_target(r, config)]
     if not train_set:
         raise ValueError(f"{', '.join(config.data)}: no training images")
     model, arch, kwargs = build_network(config, len(dataset.grades or ()))
@@ -279,6 +280,8 @@ def _load(folders: list[str]):
 
 
 def _check_labels(config: CleaqTrainConfig, dataset, records: list[CleaqRecord]) -> None:
+    if config.task in ("dr", "joint") and not any(r.dr_grade is not None for r in records):
+        raise ValueError("DR grading needs data with DR grades (EyeQ, Messidor, APTOS, or pyfundus data build-pairs --dr-proxy)")
     if config.task in ("iqa",) or (config.task == "joint" and config.iqa):
         if not any(r.quality for r in records):
             raise ValueError("quality training needs quality labels (Good/Usable/Reject): pyfundus tables or EyeQ")
@@ -286,6 +289,18 @@ def _check_labels(config: CleaqTrainConfig, dataset, records: list[CleaqRecord])
         pairs = any(r.clean for r in records) or (config.pairs_on_the_fly and any(r.quality in ("Good", "Usable") for r in records))
         if not pairs:
             raise ValueError("enhancement training needs pairs (pyfundus data build-pairs) or Good/Usable photos to degrade")
+
+
+def _has_target(record: CleaqRecord, config: CleaqTrainConfig) -> bool:
+    """Whether ``record`` gives any task of this run something to learn from."""
+    pairs = record.clean is not None or (config.pairs_on_the_fly and record.quality in ("Good", "Usable"))
+    wants = {
+        "iqe": pairs,
+        "iqa": record.quality is not None,
+        "dr": record.dr_grade is not None,
+        "joint": record.dr_grade is not None or (config.iqe and pairs) or (config.iqa and record.quality is not None),
+    }
+    return wants[config.task]
 
 
 # ---- forward and losses ---------------------------------------------------------------
