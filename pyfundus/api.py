@@ -33,6 +33,7 @@ __all__ = [
     "load_grader",
     "load_model",
     "load_network",
+    "task_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -293,6 +294,28 @@ def load_network(
         name, file = path.stem, path
     check_task(config.arch, task, name_or_path)
     return network, config, name, file
+
+
+def task_of(name_or_path: str | os.PathLike | None) -> str:
+    """What a registered model, a .safetensors file or an .onnx export does (pyfundus.models.TASKS), read from
+    its config without loading the weights; "quality" for anything else (the classical .json models)."""
+    name_or_path = DEFAULT_MODEL if name_or_path is None else os.fspath(name_or_path)
+    if is_model(name_or_path):
+        return model_task(name_or_path)
+    path = Path(name_or_path)
+    if path.suffix == ".safetensors" and path.exists():
+        from safetensors import safe_open
+
+        from .weights import METADATA_KEY
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        return model_task(ModelConfig.from_json(metadata[METADATA_KEY]).arch) if METADATA_KEY in metadata else "quality"
+    if path.suffix == ".onnx" and path.exists():
+        from .export.onnx import config_from_metadata, read_metadata
+
+        return model_task(config_from_metadata(read_metadata(path)).arch)
+    return "quality"
 
 
 # Which loader takes a model of each task (pyfundus.models.TASKS), for the message when the wrong one is used.

@@ -598,7 +598,7 @@ def _add_export(commands) -> None:
 def _run_export(args) -> int:
     from .export.onnx import OnnxExportError, export_onnx
 
-    model = _load_model_for_cli(args.model, "cpu", None, None)
+    model = _load_exportable(args.model)
     precision = "fp16" if args.half else "fp32"
     suffix = "-fp16" if args.half else ""
     try:
@@ -623,6 +623,21 @@ def _run_export(args) -> int:
         raise UsageError(str(exc)) from exc
     print(output)
     return 0
+
+
+def _load_exportable(name):
+    """The quality model, enhancer or grader ``name`` is, each through its own loader."""
+    from .api import load_enhancer, load_grader, task_of
+
+    try:
+        kind = task_of(name)
+        if kind == "enhance":
+            return load_enhancer(name)
+        if kind == "grade":
+            return load_grader(name)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    return _load_model_for_cli(name, "cpu", None, None)
 
 
 # ---- pyfundus bench -----------------------------------------------------------
