@@ -667,6 +667,8 @@ def _add_bench(commands) -> None:
                    help="seconds per row after which timing stops, at least 3 calls (default: 4; --full: 20)")  # fmt: skip
     p.add_argument("--threads", type=_positive_int, help="CPU threads for torch and ONNX Runtime (default: all cores)")
     p.add_argument("--no-end-to-end", action="store_true", help="skip the end-to-end rows")
+    p.add_argument("--enhance", action=argparse.BooleanOptionalAction, default=None,
+                   help="a row for pyfundus enhance of the 2304x1728 JPEG (default: on unless --backends narrows the sweep)")
     p.add_argument("--daemon", action="store_true",
                    help="also the daemon's close-write to verdict latency (pyfundus.daemon.latency_bench)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print {header, rows} as JSON instead of a table")
@@ -679,7 +681,7 @@ def _run_bench(args) -> int:
     rows = run_bench(
         args.model, device=args.device, full=args.full, backends=args.backends, precisions=args.precisions,
         batches=tuple(args.batch or ()), iters=args.iters, warmup=args.warmup, time_box=args.time_box,
-        end_to_end=not args.no_end_to_end, threads=args.threads,
+        end_to_end=not args.no_end_to_end, enhance=args.enhance, threads=args.threads,
     )  # fmt: skip
     daemon_rows = []
     if args.daemon:

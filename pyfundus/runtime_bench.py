@@ -100,6 +100,7 @@ def run_bench(
     warmup: int | None = None,
     time_box: float | None = None,
     end_to_end: bool = True,
+    enhance: bool | None = None,
     threads: int | None = None,
     log=None,
 ) -> list[dict[str, Any]]:
@@ -108,6 +109,9 @@ def run_bench(
     ``full``: every variant at batches 1, 8 and 32 with 20 s time boxes (else the quick sweep).
     The other arguments narrow or override the sweep. ``log`` gets one line per step, each with
     the step number, the total and the time left (an estimate from the steps so far).
+    ``enhance``: add a row for ``pyfundus enhance`` of the 2304x1728 JPEG (read, field of view, the
+    shipped enhancer at 512 px, the correction applied at full size, JPEG written); by default when
+    ``backends`` does not narrow the sweep.
     """
     from .api import UntrainedModelWarning
     from .export.runtimes import resolve_device
@@ -125,7 +129,8 @@ def run_bench(
         v for v in (variants(torch_device) if full or backends else quick_variants(torch_device))
         if (not backends or v.backend in backends) and (not precisions or v.precision in precisions)
     ]  # fmt: skip
-    progress = _Progress(len(chosen) * (len(sweep.batches) + int(end_to_end)), log)
+    enhance = not backends if enhance is None else enhance
+    progress = _Progress(len(chosen) * (len(sweep.batches) + int(end_to_end)) + int(enhance), log)
     rows: list[dict[str, Any]] = []
     with warnings.catch_warnings(), tempfile.TemporaryDirectory(prefix="pyfundus-bench-") as workspace:
         warnings.simplefilter("ignore", UntrainedModelWarning)
@@ -157,6 +162,13 @@ def run_bench(
                     {**common, "batch": 1, "mode": "end-to-end", **stats, **_stage_medians(stages[sweep.warmup :])}
                 )
             quality = None  # free this runtime before the next one loads
+        if enhance:
+            progress.step("enhance: timing pyfundus enhance of a 2304x1728 JPEG, written as JPEG")
+            try:
+                rows.append(_enhance_row(jpeg or _capture_jpeg(Path(workspace)), Path(workspace), sweep, torch_device, threads))
+            except Exception as exc:  # a row that says why, as for a backend that cannot run here
+                rows.append({"backend": "torch", "precision": "fp32", "device": str(torch_device), "mode": "enhance",
+                             "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
     progress.say(f"done in {progress.elapsed():.0f} s")
     _add_speedups(rows)
     return rows
@@ -280,12 +292,31 @@ def _time(call, batch: int, sweep: Sweep, device: torch.device) -> dict[str, Any
     }
 
 
-def _stage_medians(stages: list[dict[str, float]]) -> dict[str, float]:
-    """Where an end-to-end call's time goes: median read, preprocess and model ms (from ScoreResult.timing_ms)."""
+def _enhance_row(jpeg: Path, workspace: Path, sweep: Sweep, device: torch.device, threads: int | None) -> dict[str, Any]:
+    """``pyfundus enhance`` of one capture, end to end, with the shipped enhancer in torch fp32."""
+    from .api import load_enhancer
+
+    enhancer = load_enhancer(None, device, threads=threads)
+    stages: list[dict[str, float]] = []
+
+    def run() -> None:
+        (result,) = enhancer.enhance([str(jpeg)], out_dir=workspace / "enhanced")
+        if result.error:
+            raise RuntimeError(result.error)
+        stages.append(result.timing_ms)
+
+    stats = _time(run, 1, sweep, device)
+    stages = stages[sweep.warmup :]
     return {
-        f"{stage}_ms": round(float(np.median([timing[stage] for timing in stages])), 2)
-        for stage in ("read", "preprocess", "model")
-    }
+        "backend": "torch", "precision": "fp32", "device": str(device), "batch": 1, "mode": "enhance", **stats,
+        **_stage_medians(stages, ("read", "preprocess", "model", "correction", "write")),
+        "model": enhancer.name, "model_sha256": enhancer.sha256, "trained": enhancer.trained,
+    }  # fmt: skip
+
+
+def _stage_medians(stages: list[dict[str, float]], names=("read", "preprocess", "model")) -> dict[str, float]:
+    """Where an end-to-end call's time goes: median ms of each stage (from the results' own timing_ms)."""
+    return {f"{stage}_ms": round(float(np.median([timing[stage] for timing in stages])), 2) for stage in names}
 
 
 def _add_speedups(rows: list[dict[str, Any]]) -> None:
