@@ -103,6 +103,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("reject_action", "choice", "copy or move captures graded Reject into --reject-folder once their verdict "
            "is saved (default: off; the camera's files are never touched)", None, ("off", "copy", "move")),
     Option("reject_folder", "path", "where --reject-action puts rejected captures", "DIR"),
+    Option("enhance_usable", "path", "write an enhanced copy of each capture graded Usable into DIR (pyfundus enhance; "
+           "outside the watched folder), shown beside it on the operator page (default: off)", "DIR"),
 )  # fmt: skip
 
 
@@ -147,6 +149,7 @@ class WatchConfig:
     alert_attempts: int = 4
     reject_action: str = "off"
     reject_folder: Path | None = None
+    enhance_usable: Path | None = None
 
     def __post_init__(self) -> None:
         self.folder = Path(self.folder).expanduser()
@@ -155,6 +158,8 @@ class WatchConfig:
             self.sidecars = Path(self.sidecars).expanduser()
         if self.reject_folder is not None:
             self.reject_folder = Path(self.reject_folder).expanduser()
+        if self.enhance_usable is not None:
+            self.enhance_usable = Path(self.enhance_usable).expanduser()
         # Flags give (KEY, FILE) pairs, the config file a table: either way a mapping.
         self.camera_models = {key: Path(path).expanduser() for key, path in dict(self.camera_models).items()}
         self.folder_models = {key.strip("/"): Path(path).expanduser() for key, path in dict(self.folder_models).items()}
@@ -170,7 +175,7 @@ class WatchConfig:
         root = Path(os.path.realpath(self.folder))
         if not self.allow_inside_folder:
             outputs = (("state directory", self.state_dir), ("sidecar folder", self.sidecars),
-                       ("reject folder", self.reject_folder))  # fmt: skip
+                       ("reject folder", self.reject_folder), ("enhanced-copy folder", self.enhance_usable))  # fmt: skip
             for label, path in outputs:
                 # The camera folder belongs to the camera: writing there can confuse its software
                 # and, for the state directory, would make the ledger watch itself.

@@ -26,6 +26,7 @@ from watchdog.observers.api import BaseObserver
 from .alerts import Alerts
 from .cameras import CameraWatch
 from .config import WatchConfig
+from .enhanced import EnhanceUsable
 from .errors import LedgerError, StartupError
 from .filters import PathFilter
 from .intake import Intake
@@ -58,7 +59,7 @@ class Daemon:
         self.names = Redactor(self._roots, enabled=config.redact_identifiers)
         self.sinks = SinkHub(sinks)
         self.systemd = Notifier()
-        outputs = (config.state_dir, config.sidecars, config.reject_folder)
+        outputs = (config.state_dir, config.sidecars, config.reject_folder, config.enhance_usable)
         excluded = [str(path) for path in outputs if path is not None]
         self.paths = PathFilter(self.root, recursive=config.recursive, ignore=config.ignore, excluded=excluded)
         self._scorer = scorer
@@ -169,6 +170,9 @@ class Daemon:
         alerts = Alerts(config, names=self.names, payload_names=Redactor(self._roots, enabled=config.alert_redact))
         if alerts.enabled:
             self.sinks.add(alerts)
+        if config.enhance_usable is not None:
+            self.sinks.add(EnhanceUsable(config.enhance_usable, root=self.root, names=self.names,
+                                         on_done=lambda sha256, path: self.web and self.web.enhanced_copy(sha256, path)))  # fmt: skip
 
     def _watch_cameras(self, scorer: Scorer) -> None:
         """Say when a camera the model does not know starts sending captures (see cameras.py)."""
@@ -191,7 +195,8 @@ class Daemon:
         if config.web:
             assert self.ledger is not None
             self.web = OperatorWeb(host=config.web_host, port=config.web_port, root=self.root,
-                                   state_dir=config.state_dir, status=self.status)  # fmt: skip
+                                   state_dir=config.state_dir, status=self.status,
+                                   enhancing=config.enhance_usable is not None)  # fmt: skip
             self.web.start(self.ledger)
             self.sinks.add(self.web)
 

@@ -83,8 +83,9 @@ class Board:
     to a restarted daemon is told to reload rather than skipping events.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, enhancing: bool = False) -> None:
         self.root = root
+        self.enhancing = enhancing  # --enhance-usable: Usable captures get an enhanced copy (enhanced.py)
         self.run = secrets.token_hex(4)
         self.metrics = Metrics()
         self._day = date.today()
@@ -183,6 +184,7 @@ class Board:
             "model": verdict.model and printable(verdict.model),
             "trained": verdict.trained,
             "thumb": None if failed else f"/thumb/{verdict.sha256}",
+            "enhanced": f"/enhanced/{verdict.sha256}" if self.enhancing and verdict.outcome == "Usable" else None,
             "feedback": verdict.feedback,
             "feedback_at": iso_time(verdict.feedback_at),
         }
@@ -324,6 +326,7 @@ class OperatorWeb:
         status: Callable[[], dict[str, Any]],
         keepalive: float = KEEPALIVE_SECONDS,
         request_timeout: float = REQUEST_TIMEOUT,
+        enhancing: bool = False,
     ) -> None:
         self.host, self.port = host, port
         self.root = root
@@ -331,7 +334,8 @@ class OperatorWeb:
         self.status = status
         self.keepalive = keepalive
         self.request_timeout = request_timeout
-        self.board = Board(root)
+        self.board = Board(root, enhancing)
+        self._enhanced: dict[str, str] = {}  # sha256 of a Usable capture -> its enhanced copy (enhanced.py)
         self.loopback_only = is_loopback_address(host)
         self._page = PAGE.read_bytes()
         self._thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
@@ -440,6 +444,30 @@ class OperatorWeb:
             return cached
         with self._making_thumb:
             return self._cached_thumbnail(sha256) or self._new_thumbnail(sha256)  # made while we waited?
+
+    def enhanced_copy(self, sha256: str, path: str) -> None:
+        """Register the enhanced copy of a capture (from the enhancement thread)."""
+        with self._thumbs_lock:
+            self._enhanced[sha256] = path
+
+    def enhanced_thumbnail(self, sha256: str) -> bytes | None:
+        """A JPEG of a capture's enhanced copy; None until it is written."""
+        key = f"enhanced:{sha256}"
+        cached = self._cached_thumbnail(key)
+        if cached is not None:
+            return cached
+        with self._thumbs_lock:
+            path = self._enhanced.get(sha256)
+        try:
+            jpeg = _make_thumbnail(Path(path).read_bytes()) if path else None
+        except OSError:
+            jpeg = None
+        if jpeg is not None:
+            with self._thumbs_lock:
+                self._thumbs[key] = jpeg
+                if len(self._thumbs) > THUMB_CACHE:
+                    self._thumbs.popitem(last=False)
+        return jpeg
 
     def _cached_thumbnail(self, sha256: str) -> bytes | None:
         with self._thumbs_lock:
@@ -600,6 +628,13 @@ class _Handler(BaseHTTPRequestHandler):
             jpeg = web.thumbnail(sha256) if _SHA256.fullmatch(sha256) else None
             if jpeg is None:
                 self._json(HTTPStatus.NOT_FOUND, {"error": "no such capture today, or its file changed"})
+            else:
+                self._send(HTTPStatus.OK, jpeg, "image/jpeg")
+        elif route.startswith("/enhanced/"):
+            sha256 = route.removeprefix("/enhanced/")
+            jpeg = web.enhanced_thumbnail(sha256) if _SHA256.fullmatch(sha256) else None
+            if jpeg is None:
+                self._json(HTTPStatus.NOT_FOUND, {"error": "no enhanced copy of that capture (yet)"})
             else:
                 self._send(HTTPStatus.OK, jpeg, "image/jpeg")
         elif route == "/healthz":
