@@ -20,7 +20,7 @@ from pyfundus.weights import InputSpec
 onnx = export_extra("onnx")
 ort = export_extra("onnxruntime")
 
-TINY = {"img_size": 64, "width": 0.125, "batch_size": 2, "eval_every": 2, "val_fraction": 0.34, "steps": 2}
+TINY = {"img_size": 32, "width": 0.125, "batch_size": 2, "eval_every": 2, "val_fraction": 0.34, "steps": 2}
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pyfundus.collab import CleaqTrainConfig, TaskWeights, poly_lr_factor, train
 from pyfundus.data.cleaq import build_pairs
 from pyfundus.models.resnet import resnet50
 
-TINY = {"img_size": 32, "width": 0.125, "batch_size": 2, "eval_every": 2, "val_fraction": 0.34}
+TINY = {"img_size": 32, "width": 0.125, "batch_size": 2, "eval_every": 1, "val_fraction": 0.34}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +42,9 @@ def test_dynamic_task_weights_follow_each_loss_against_its_first():
 
 @pytest.mark.parametrize("task", ["iqe", "iqa", "dr", "joint"])
 def test_each_task_trains_and_saves_a_loadable_model(task, pairs, tmp_path):
-    out = train_cleaq(CleaqTrainConfig(task=task, data=[pairs], out=str(tmp_path), steps=2, **TINY), progress=False)
+    out = train_cleaq(CleaqTrainConfig(task=task, data=[pairs], out=str(tmp_path), steps=1, **TINY), progress=False)
     history = json.loads((tmp_path / "metrics.json").read_text())
-    assert len(history) == 1 and history[0]["step"] == 2
+    assert len(history) == 1 and history[0]["step"] == 1
     import pyfundus
 
     if task == "iqe":
@@ -62,10 +62,10 @@ def test_each_task_trains_and_saves_a_loadable_model(task, pairs, tmp_path):
 
 def test_a_resumed_run_ends_with_the_same_weights(pairs, tmp_path):
     def config(out):
-        return CleaqTrainConfig(task="iqe", data=[pairs], out=str(out), steps=4, **TINY)
+        return CleaqTrainConfig(task="iqe", data=[pairs], out=str(out), steps=2, **TINY)
 
     straight = train_cleaq(config(tmp_path / "straight"), progress=False)
-    assert train_cleaq(config(tmp_path / "split"), progress=False, stop_at=2).name == "state.safetensors"
+    assert train_cleaq(config(tmp_path / "split"), progress=False, stop_at=1).name == "state.safetensors"
     resumed = train_cleaq(config(tmp_path / "split"), progress=False, resume=True)
     a, b = load_file(straight), load_file(resumed)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
