@@ -147,7 +147,7 @@ def evaluate_enhancement(
                 elif method == "ietk":
                     image = outputs["ietk"][index]
                 elif method == OURS:
-                    image = model.enhance_array(image)
+                    image = model.enhance_array(image, fov=case["fov"])
                 results[method] = image
             case["outputs"] = {m: results[m] for m in methods} if case["draw"] == 0 else {}
             scores = scorer.score([results[m] for m in methods], batch_size=len(methods))
@@ -180,7 +180,8 @@ def _cases(photos: Sequence[str | os.PathLike], draws: int, seed: int) -> list[d
         rgb = read_image(photo).pixels
         clean = cv2.resize(crop_to_field_of_view(rgb, find_field_of_view(rgb)), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
         mask = field_mask(clean)
-        common = {"photo": Path(photo).name, "clean": clean, "mask": mask, "vessels": vessel_mask_from_photo(clean, mask)}
+        fov = find_field_of_view(clean)  # found on the clean photo: its degraded copies share it
+        common = {"photo": Path(photo).name, "clean": clean, "mask": mask, "fov": fov, "vessels": vessel_mask_from_photo(clean, mask)}
         cases.append({**common, "family": "clean", "draw": 0, "input": clean})
         for f, family in enumerate(FAMILIES):
             for draw in range(draws):

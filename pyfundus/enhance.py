@@ -91,11 +91,13 @@ class Enhancer:
         out = self.runtime(batch)["enhanced"][0].float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0)
         return np.round(out * 255.0).astype(np.uint8)
 
-    def enhance_array(self, rgb: np.ndarray, timing: dict[str, float] | None = None) -> np.ndarray:
-        """An RGB uint8 capture of any size, enhanced at its own size (module docstring)."""
+    def enhance_array(self, rgb: np.ndarray, timing: dict[str, float] | None = None, *, fov=None) -> np.ndarray:
+        """An RGB uint8 capture of any size, enhanced at its own size (module docstring). ``fov``: its field of
+        view when already known (a degraded copy of a photo whose circle was found on the clean original: a
+        heavily darkened copy may hide its rim from the detector)."""
         timing = {} if timing is None else timing
         started = time.perf_counter()
-        fov = find_field_of_view(rgb)
+        fov = find_field_of_view(rgb) if fov is None else fov
         square = crop_to_field_of_view(rgb, fov)  # black outside the circle, as the network was trained
         side = square.shape[0]
         box = (int(round(fov.cx - (side - 1) / 2)), int(round(fov.cy - (side - 1) / 2)), side)

@@ -105,3 +105,17 @@ def test_bench_has_an_enhance_row(tmp_path):
     (row,) = [r for r in rows if r["mode"] == "enhance"]
     assert row["p50_ms"] > 0 and row["iters"] == 3
     assert 0 < row["model_ms"] < row["p50_ms"] and row["write_ms"] > 0 and row["correction_ms"] > 0
+
+
+def test_a_known_field_of_view_stands_in_when_the_detector_finds_none():
+    from pyfundus.preprocess import FieldOfView, NoFundusError, find_field_of_view
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UntrainedModelWarning)
+        enhancer = _untrained()
+    dark = np.zeros((256, 256, 3), np.uint8)  # a capture darkened past the detector
+    with pytest.raises(NoFundusError):
+        find_field_of_view(dark)
+    out = enhancer.enhance_array(dark, fov=FieldOfView(127.5, 127.5, 128.0, "threshold", False))
+    assert out.shape == dark.shape
+
