@@ -160,13 +160,13 @@ def evaluate_enhancement(
                     "fthnet": score.score,
                 })  # fmt: skip
             bar.update(1)
+    _write_rows(out / "cases.csv", rows)  # first: a failure below keeps the measurements
     summary = _enhancement_summary(rows, methods)
     summary.update(
         photos=[str(p) for p in photos], draws=draws, seed=seed, size=SIZE, notes=notes,
         enhancer={"name": model.name, "arch": model.config.arch, "sha256": model.sha256, "trained": model.trained},
         quality_model={"name": scorer.name, "sha256": scorer.sha256}, seconds=round(time.perf_counter() - started, 1),
     )  # fmt: skip
-    _write_rows(out / "cases.csv", rows)
     (out / "report.json").write_text(json.dumps(summary, indent=2, default=float))
     (out / "table.md").write_text(format_summary(summary) + "\n")
     _plot_enhancement(out, cases, summary, rows, methods)
@@ -225,14 +225,21 @@ def _enhancement_summary(rows: list[dict], methods: list[str]) -> dict[str, Any]
     for label, selected in (("degraded", [v for k, v in by_case.items() if k[1] != "clean"]),
                             ("clean", [v for k, v in by_case.items() if k[1] == "clean"])):  # fmt: skip
         if selected and OURS in selected[0]:
-            change = np.array([v[OURS] - v["degraded"] for v in selected])
+            # FTHNet gives no score where it finds no field of view (a capture darkened past its detector):
+            # such a case is counted, not averaged, on either side.
+            scored = [v for v in selected if v[OURS] is not None and v["degraded"] is not None]
+            if not scored:
+                continue
+            change = np.array([v[OURS] - v["degraded"] for v in scored])
             fthnet[label] = {
-                "before": float(np.mean([v["degraded"] for v in selected])),
-                "after": float(np.mean([v[OURS] for v in selected])),
+                "before": float(np.mean([v["degraded"] for v in scored])),
+                "after": float(np.mean([v[OURS] for v in scored])),
                 "mean_change": float(change.mean()),
                 "share_rose": float(np.mean(change > 0)),
                 "share_fell_over_1": float(np.mean(change < -1.0)),
-                "n": len(selected),
+                "n": len(scored),
+                "unscored_before": sum(v["degraded"] is None for v in selected),
+                "unscored_after": sum(v[OURS] is None for v in selected),
             }
     return {"table": table, "pyfundus_beats_all_baselines": beats, "fthnet": fthnet, "methods": methods}
 
@@ -288,7 +295,8 @@ def _plot_enhancement(out: Path, cases: list[dict], summary: dict, rows: list[di
         for family, marker in (("degraded", "o"), ("clean", "s")):
             before = [r["fthnet"] for r in rows if r["method"] == "degraded" and (r["family"] == "clean") == (family == "clean")]
             after = [r["fthnet"] for r in rows if r["method"] == OURS and (r["family"] == "clean") == (family == "clean")]
-            ax.scatter(before, after, marker=marker, s=14, label=f"{family} inputs")
+            pairs = [(b, a) for b, a in zip(before, after) if a is not None and b is not None]  # both scored
+            ax.scatter([b for b, _ in pairs], [a for _, a in pairs], marker=marker, s=14, label=f"{family} inputs")
         ax.plot([0, 100], [0, 100], color="grey", linewidth=0.8)
         ax.set(xlabel="FTHNet score of the input", ylabel="FTHNet score after pyfundus enhance", xlim=(0, 100), ylim=(0, 100))
         ax.legend()
@@ -443,7 +451,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         for label, f in summary.get("fthnet", {}).items():
             lines.append(f"\nFTHNet score on {label} inputs (n={f['n']}): {f['before']:.1f} -> {f['after']:.1f} "
                          f"(mean change {f['mean_change']:+.2f}; rose for {f['share_rose']:.0%}, fell by over 1 point "
-                         f"for {f['share_fell_over_1']:.0%})")  # fmt: skip
+                         f"for {f['share_fell_over_1']:.0%}; no field of view for FTHNet: {f.get('unscored_before', 0)} "
+                         f"inputs, {f.get('unscored_after', 0)} outputs)")  # fmt: skip
         for method, note in summary.get("notes", {}).items():
             lines.append(f"\n{method}: {note}")
         return "\n".join(lines)

@@ -119,3 +119,17 @@ def test_a_known_field_of_view_stands_in_when_the_detector_finds_none():
     out = enhancer.enhance_array(dark, fov=FieldOfView(127.5, 127.5, 128.0, "threshold", False))
     assert out.shape == dark.shape
 
+
+
+
+def test_an_output_fthnet_cannot_score_is_counted_not_averaged():
+    from pyfundus.cleaq_eval import _enhancement_summary
+
+    def row(family, method, score):
+        return {"photo": "p", "family": family, "draw": 0, "method": method, "psnr": 20.0, "ssim": 0.9,
+                "vessel_dice": 0.5, "fthnet": score}  # fmt: skip
+
+    rows = [row("blur", "degraded", None), row("blur", "pyfundus", 60.0),
+            row("spots", "degraded", 40.0), row("spots", "pyfundus", 50.0)]  # fmt: skip
+    fthnet = _enhancement_summary(rows, ["degraded", "pyfundus"])["fthnet"]["degraded"]
+    assert fthnet["n"] == 1 and fthnet["mean_change"] == 10.0 and fthnet["unscored_before"] == 1
