@@ -120,6 +120,34 @@ def test_a_known_field_of_view_stands_in_when_the_detector_finds_none():
     assert out.shape == dark.shape
 
 
+def test_the_shipped_enhancer_is_trained_and_restores_a_degraded_fundus():
+    from pyfundus.data.cleaq import SIZE, field_mask
+    from pyfundus.data.degrade import cofe_all_three
+    from pyfundus.metrics import psnr
+    from pyfundus.preprocess import crop_to_field_of_view, find_field_of_view
+
+    enhancer = pyfundus.load_enhancer()
+    assert enhancer.trained and enhancer.name == "cleaq_iqe_cpu"
+    rgb = generate_fundus(11, size=512)[0]
+    clean = cv2.resize(crop_to_field_of_view(rgb, find_field_of_view(rgb)), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    mask = field_mask(clean)
+    degraded, _ = cofe_all_three(clean, np.random.default_rng(3), mask=mask)
+    restored = enhancer.enhance_array(degraded, fov=find_field_of_view(clean))
+    assert psnr(restored, clean, mask) > psnr(degraded, clean, mask) + 0.5
+
+
+def test_eval_enhance_compares_every_method_in_one_run(tmp_path, capsys):
+    photo = tmp_path / "clean.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(generate_fundus(7, size=512)[0], cv2.COLOR_RGB2BGR))
+    out = tmp_path / "report"
+    code = main(["eval", "--task", "enhance", "--photos", str(photo), "--draws", "1", "--baselines", "degraded", "clahe",
+                 "unsharp", "--out", str(out), "--json", "--no-progress"])  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["methods"] == ["degraded", "clahe", "unsharp", "pyfundus"] and summary["enhancer"]["trained"]
+    assert {"illumination", "all three", "all degraded", "clean"} <= set(summary["table"])
+    assert set(summary["pyfundus_beats_all_baselines"]["all degraded"]) == {"psnr", "ssim", "vessel_dice"}
+    assert all((out / name).is_file() for name in ("report.json", "cases.csv", "table.md", "grid.png", "metrics.png", "fthnet.png"))
 
 
 def test_an_output_fthnet_cannot_score_is_counted_not_averaged():
