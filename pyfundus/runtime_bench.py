@@ -167,7 +167,7 @@ def run_bench(
             try:
                 rows.append(_enhance_row(jpeg or _capture_jpeg(Path(workspace)), Path(workspace), sweep, torch_device, threads))
             except Exception as exc:  # a row that says why, as for a backend that cannot run here
-                rows.append({"backend": "torch", "precision": "fp32", "device": str(torch_device), "mode": "enhance",
+                rows.append({"backend": "torch", "precision": "fp32", "device": str(torch_device), "batch": 1, "mode": "enhance",
                              "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
     progress.say(f"done in {progress.elapsed():.0f} s")
     _add_speedups(rows)

@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             full, stored = (load_enhancer(path).enhance(photos, keep_pixels=True) for path in (args.source, args.dest))
             change = max(int(np.abs(a.pixels.astype(int) - b.pixels.astype(int)).max()) for a, b in zip(full, stored)
                          if a.error is None and b.error is None)  # fmt: skip
-            limit, unit = MAX_PIXEL_CHANGE + 1, "grey levels of an enhanced photo"
+            limit, what, unit = MAX_PIXEL_CHANGE + 1, "pixel change", "grey levels of an enhanced photo"
         else:
             full, stored = load_model(args.source).score(photos), load_model(args.dest).score(photos)
             change = max(abs(a.score - b.score) for a, b in zip(full, stored) if a.ok and b.ok)
-            limit, unit = MAX_SCORE_CHANGE, "score points"
-    print(f"largest change from fp16 storage over {len(photos)} sample photos: {change:.4f} {unit}")
+            limit, what, unit = MAX_SCORE_CHANGE, "score change", "score points"
+    print(f"largest {what} from fp16 storage over {len(photos)} sample photos: {change:.4f} {unit}")
     if change >= limit:
         args.dest.unlink()
         print(f"refused: at least {limit}; {args.dest} removed", file=sys.stderr)

@@ -108,7 +108,7 @@ def test_the_default_sweep_is_quick_and_says_how_far_it_is(monkeypatch):
         monkeypatch.setattr(runtimes, "cpu_has_native_bf16", lambda: native_bf16)
         lines: list[str] = []
         timed.clear()
-        rows = bench.run_bench(log=lines.append)
+        rows = bench.run_bench(enhance=False, log=lines.append)  # the enhance row: test_enhance.py
         variants = {(r["backend"], r["precision"]) for r in rows}
         expected = {("torch", "fp32"), ("onnxruntime", "fp32")} | ({("torch", "bf16")} if native_bf16 else set())
         assert variants == expected  # never torch.compile, never emulated bf16
