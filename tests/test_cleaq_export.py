@@ -76,3 +76,15 @@ def test_grader_onnx_matches_torch(trained, tmp_path):
     onnx_grader = pyfundus.load_grader(output)
     paths = [str(p) for p in parity_samples()]
     assert [r.grade for r in onnx_grader.grade(paths)] == [r.grade for r in torch_grader.grade(paths)]
+
+
+def test_grade_cli_grades_with_a_trained_grader_as_json(trained, capsys):
+    import json
+
+    paths = [str(p) for p in parity_samples()]
+    assert main(["grade", *paths, "--model", str(trained["grader"]), "--json", "--no-progress"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in records] == paths and all(r["error"] is None for r in records)
+    first = records[0]
+    assert first["grade_name"] in first["probabilities"] and abs(sum(first["probabilities"].values()) - 1) < 1e-3
+    assert first["quality"] in ("Good", "Usable", "Reject")  # the joint grader's own quality opinion
