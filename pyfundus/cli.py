@@ -383,6 +383,9 @@ def _add_data(commands) -> None:
         help="keep each source's own rendering (default: a random camera per variant: colour, tone curve, "
         "optical softness and resolution, storage; label-neutral, see pyfundus.data.camera)",
     )
+    proxy.add_argument("--focus", nargs="+", default=[], metavar="TYPE",
+                       help="each degraded variant gets exactly one of these types (to teach the families a model "
+                       "ranks poorly); default: one to three of any type")
     proxy.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
     proxy.set_defaults(run=_run_build_proxy)
 
@@ -415,6 +418,7 @@ def _run_build_proxy(args) -> int:
         seed=args.seed,
         clean_fraction=args.clean_fraction,
         camera_looks=args.camera_looks,
+        focus=args.focus,
         workers=args.workers,
     )
     counts = {level: sum(r.level == level for r in records) for level in ("Good", "Usable", "Reject")}
