@@ -126,6 +126,7 @@ def test_a_camera_whose_first_captures_fall_below_good_is_said_aloud_once(caplog
     watch(verdict("Acme FC9", "Usable", 10))
     assert [n.camera for n in notices] == ["Acme FC9"] and notices[0].below_good == MIN_JUDGED
     assert "pyfundus adapt --from-ledger /var/lib/pyfundus --camera 'Acme FC9'" in notices[0].message
+    assert "--camera-model 'Acme FC9=site-acme-fc9.safetensors'" in notices[0].message  # the flag watch takes
     assert any("looks unfamiliar" in r.getMessage() for r in caplog.records)
     for n in range(20, 30):
         watch(verdict("Acme FC9", "Reject", n))
