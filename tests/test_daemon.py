@@ -695,6 +695,27 @@ def test_config_file_and_flags_flags_win(tmp_path):
         load_config({"folder": tmp_path / "missing"})
 
 
+def test_watch_help_lists_the_options_under_their_headings():
+    import argparse
+
+    from pyfundus.daemon.cli import add_commands
+    from pyfundus.daemon.config import OPTION_GROUPS, OPTIONS, Option
+
+    commands = argparse.ArgumentParser(prog="pyfundus").add_subparsers()
+    add_commands(commands)
+    text = commands.choices["watch"].format_help()
+    headings = [f"\n{title}:\n" for title in OPTION_GROUPS.values()]
+    assert all(heading in text for heading in headings)
+    positions = [text.index(heading) for heading in headings]
+    assert positions == sorted(positions)  # in the order OPTION_GROUPS gives
+    for option in OPTIONS:  # each option under its own heading: after it, and before the next one
+        at = text.index(f"\n  {option.flags[0]}")
+        mine = list(OPTION_GROUPS).index(option.group)
+        assert positions[mine] < at < (positions[mine + 1] if mine + 1 < len(positions) else len(text)), option.name
+    with pytest.raises(ValueError, match="group must be one of"):
+        Option("new_setting", "bool", "an option added without a heading")
+
+
 def test_thresholds_come_from_the_file_or_the_flags_and_are_checked(tmp_path):
     folder = tmp_path / "camera"
     folder.mkdir()
