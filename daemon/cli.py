@@ -194,22 +194,28 @@ def _add_demo(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
         help="watch a simulated camera: captures arrive about once a second and are graded live",
-        description="Start the daemon on a temporary folder and play a fundus camera into it: real and synthetic "
-        "photos, clean and degraded, written the way cameras write. Prints each verdict, serves the operator "
-        "page, and ends with a summary. Works offline; everything it writes is removed at the end.",
+        description="Start the daemon on a temporary folder and play a fundus camera into it: synthetic fundi, "
+        "clean and with defects made to be graded Good, Usable or Reject (and the real sample photos, when "
+        "`pyfundus data fetch-samples` has fetched them), written the way cameras write. Prints each verdict, "
+        "serves the operator page and prints a summary. On a terminal the page then stays open until Ctrl-C; "
+        "otherwise (a script) the demo ends after the summary. Works offline; everything it writes is removed "
+        "at the end.",
     )
     p.add_argument("--port", type=port_number, default=0, help="operator page port (default: a free one)")
     p.add_argument("--no-web", dest="web", action="store_false", help="no operator page")
-    p.add_argument("--duration", type=positive_seconds, metavar="S", help="stop the camera after S seconds")
+    p.add_argument("--duration", type=positive_seconds, metavar="S",
+                   help="stop the camera after S seconds (it takes new captures until then), then end after the "
+                   "summary, also on a terminal")  # fmt: skip
     p.add_argument("--count", type=positive_count, metavar="N",
-                   help="captures to take (default: one pass over the built-in sequence, 13)")  # fmt: skip
+                   help="captures to take (default: one pass over the demo's shots)")  # fmt: skip
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(count=args.count, duration=args.duration, web=args.web, port=args.port,
+    keep_open = sys.stdout.isatty() and args.duration is None  # a person is watching: leave the page up for them
+    return run_demo(count=args.count, duration=args.duration, web=args.web, port=args.port, keep_open=keep_open,
                     scorer=getattr(args, "scorer", None))  # fmt: skip
 
 

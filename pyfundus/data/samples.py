@@ -40,7 +40,7 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ..paths import cache_dir, sha256_file
+from ..paths import cache_root, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -160,8 +160,8 @@ _SKIMAGE_PROVENANCE = Provenance(
 
 
 def samples_dir() -> Path:
-    """Default folder of the sample photos: ``cache_dir()/samples``."""
-    return cache_dir() / "samples"
+    """Default folder of the sample photos: ``cache_root()/samples`` (not created until a fetch)."""
+    return cache_root() / "samples"
 
 
 def fetch_samples(dest: Path | None = None, *, force: bool = False, progress: bool = True) -> Path:
