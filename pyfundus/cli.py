@@ -257,7 +257,7 @@ def _write_table(results, stream) -> None:
     for r in results:
         score = f"{r.score:6.1f}" if r.score is not None else "     -"
         note = r.error or "; ".join(([r.reason] if r.reason else []) + r.warnings)
-        stream.write(f"{_pad(r.path, width)}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}\n")
+        stream.write(f"{_pad(r.path, width)}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}".rstrip() + "\n")
 
 
 def display_width(text: str) -> int:
