@@ -21,7 +21,9 @@ PY
 echo "--- the README's commands:"
 cat "$work/commands.sh"
 
-export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$(python3 -m pip cache dir)}"  # before HOME moves: downloads stay cached
+# pip's download cache, found before HOME moves, so downloads stay cached (when the cache is on at all).
+cache=$(python3 -m pip cache dir 2>/dev/null || true)
+if [ -n "$cache" ]; then export PIP_CACHE_DIR="$cache"; fi
 python3 -m venv "$work/venv"
 mkdir "$work/home"
 unset PYFUNDUS_HOME PYFUNDUS_STATE_DIR XDG_CACHE_HOME XDG_STATE_HOME VIRTUAL_ENV
