@@ -115,6 +115,15 @@ def test_on_a_terminal_the_page_stays_up_until_ctrl_c(monkeypatch):
     assert text.count("demo summary") == 1 and len(waited) == 1
 
 
+def test_the_demo_exits_1_when_a_capture_got_no_verdict(monkeypatch):
+    """README's exit statuses: 1 when a capture got no verdict (here every verdict is lost on its way)."""
+    monkeypatch.setattr(demo, "SETTLE_TIMEOUT", 0.5)
+    monkeypatch.setattr(demo._Tally, "__call__", lambda self, verdict: None)
+    out = io.StringIO()
+    assert run_demo(count=2, interval=0.0, web=False, scorer=BrightnessScorer(), out=out) == 1
+    assert "demo summary: 2 capture(s) written, 0 verdict(s)" in out.getvalue()
+
+
 def test_pyfundus_demo_runs_to_completion_with_the_default_model_in_under_a_minute(tmp_path):
     started = time.monotonic()
     home = tmp_path / "fresh-install-cache"  # no sample photos there

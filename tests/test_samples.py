@@ -249,6 +249,25 @@ def test_a_failed_fetch_leaves_the_folder_as_it_was(offline_fetch: Path, monkeyp
     assert [p.name for p in offline_fetch.iterdir()] == ["samples"]  # a new folder is not even created
 
 
+def test_fetch_samples_command_exits_1_and_says_why_when_the_fetch_failed(
+    offline_fetch: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyfundus.cli import main
+
+    dest = offline_fetch / "samples"
+    assert main(["data", "fetch-samples", "--dest", str(dest)]) == 0  # the exit status README's table gives
+    assert "samples" in capsys.readouterr().out
+
+    def no_retina(workdir: Path, progress: bool) -> NoReturn:
+        raise samples.DownloadError("pip could not download scikit-image==0.25.2")
+
+    monkeypatch.setattr(samples, "_retina_jpeg", no_retina)
+    assert main(["data", "fetch-samples", "--dest", str(offline_fetch / "new")]) == 1
+    err = capsys.readouterr().err
+    assert "could not fetch the samples" in err and "scikit-image==0.25.2" in err
+    assert sorted(p.name for p in offline_fetch.iterdir()) == ["samples"]  # and nothing was left behind
+
+
 def test_a_folder_holding_other_files_is_refused_untouched(offline_fetch: Path) -> None:
     dest = offline_fetch / "photos"
     dest.mkdir()
