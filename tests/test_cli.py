@@ -325,3 +325,22 @@ def test_read_config_reads_the_header_only_and_names_a_bad_file(tmp_path):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=name):
             read_config(tmp_path / name)
+
+
+def test_every_place_that_states_the_shipped_thresholds_states_the_ones_in_the_weights():
+    """The README and the model card quote the thresholds in force; they must be the weights file's, not older ones."""
+    from pathlib import Path
+
+    shipped = read_config(shipped_weights()).thresholds
+    root = Path(__file__).resolve().parent.parent
+    readme, card = (root / "README.md").read_text(), (root / "MODEL_CARD.md").read_text()
+    stated = [
+        (f"fthnet_s: {shipped.describe()}", readme),  # the score example's last line
+        (f"current: Reject below {shipped.reject_below:5.1f}, Good from {shipped.good_from:5.1f}", readme),
+        (f"Good from **{shipped.good_from:.1f}**, Reject below **{shipped.reject_below:.1f}**", card),
+    ]
+    for text, document in stated:
+        assert text in document, text
+    default = Thresholds()  # what a model file without thresholds grades with, as "How a verdict is made" says
+    assert f"grades with {default.reject_below:g} and {default.good_from:g}" in " ".join(readme.split())
+    assert not default.calibrated and "marked not calibrated" in " ".join(readme.split())
