@@ -83,6 +83,9 @@ def _add_watch(subparsers: Any) -> None:
         description="Watch a camera's output folder and score every new capture once: one line per verdict on "
         "stdout, every verdict in a ledger in the state directory. Runs until SIGTERM or Ctrl-C, then finishes "
         "what is queued. Flags override the --config file.",
+        epilog="exit status: 0 stopped by SIGTERM or Ctrl-C once the queue was drained; 2 could not start (bad "
+        "options or config file, a model that cannot load, another daemon holds the state directory, the page's "
+        "port is taken)",
     )
     p.add_argument("folder", nargs="?", type=Path, default=argparse.SUPPRESS, metavar="FOLDER",
                    help="the folder the camera writes to (or set folder in the config file)")  # fmt: skip
@@ -200,6 +203,7 @@ def _add_demo(subparsers: Any) -> None:
         "serves the operator page and prints a summary. On a terminal the page then stays open until Ctrl-C; "
         "otherwise (a script) the demo ends after the summary. Works offline; everything it writes is removed "
         "at the end.",
+        epilog="exit status: 0 every capture got its verdict; 1 a capture got none",
     )
     p.add_argument("--port", type=port_number, default=0, help="operator page port (default: a free one)")
     p.add_argument("--no-web", dest="web", action="store_false", help="no operator page")

@@ -164,6 +164,9 @@ def _add_calibrate(commands) -> None:
         description="Score captures your graders have sorted by class and print the thresholds that best reproduce "
         "their grades (quadratic-weighted kappa, then accuracy), next to how the model's stored thresholds do. "
         "Pass them to pyfundus score / pyfundus watch with --reject-below and --good-from.",
+        epilog="exit status: 0 thresholds fitted, every capture scored; 1 fitted from the others, some captures "
+        "could not be scored (the report lists them); 2 usage error, or fewer than two classes given; 3 a graded "
+        "path gives no capture, or fewer than two classes have a capture that could be scored",
     )
     p.add_argument("--good", nargs="+", default=[], metavar="PATH", help="captures graded Good (files or folders)")
     p.add_argument("--usable", nargs="+", default=[], metavar="PATH", help="captures graded Usable")
@@ -285,6 +288,9 @@ def _add_adapt(commands) -> None:
         "training data replayed; refit the thresholds; check the result before and after on captures held back; "
         "write a site model (refused if it grades the held-back captures worse than the base model). Then run "
         "`pyfundus watch --model SITE.safetensors` (or map your camera to it in the config file).",
+        epilog="exit status: 0 site model written; 2 usage error, or no good capture given; 3 a --good/--usable/"
+        "--reject path gives no capture; 4 refused: the site model checks worse than the base model (--force "
+        "writes it)",
     )
     p.add_argument("--good", nargs="+", default=[], metavar="PATH", help="captures the site judges good (files or folders)")
     p.add_argument("--usable", nargs="+", default=[], metavar="PATH", help="captures the site judges Usable (optional)")
@@ -389,6 +395,7 @@ def _add_data(commands) -> None:
     fetch = sub.add_parser(
         "fetch-samples",
         help="fetch the real sample fundus photos (pinned PyPI sdist, sha256-checked) into the cache",
+        epilog="exit status: 0 fetched (or already there and intact); 1 the fetch failed, and nothing was changed",
     )
     fetch.add_argument("--dest", type=Path, help="folder to put them in (default: the pyfundus cache)")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present and intact")

@@ -344,3 +344,25 @@ def test_every_place_that_states_the_shipped_thresholds_states_the_ones_in_the_w
     default = Thresholds()  # what a model file without thresholds grades with, as "How a verdict is made" says
     assert f"grades with {default.reject_below:g} and {default.good_from:g}" in " ".join(readme.split())
     assert not default.calibrated and "marked not calibrated" in " ".join(readme.split())
+
+
+@pytest.mark.parametrize(
+    "argv, statuses",
+    [
+        (["score"], ("0 every input scored", "1 some inputs could not be scored", "3 nothing to score")),
+        (["calibrate"], ("0 thresholds fitted", "1 fitted from the others", "3 a graded path gives no capture")),
+        (["adapt"], ("0 site model written", "3 a --good/--usable/--reject path gives no capture", "4 refused")),
+        (["watch"], ("0 stopped by SIGTERM or Ctrl-C", "2 could not start")),
+        (["demo"], ("0 every capture got its verdict", "1 a capture got none")),
+        (["data", "fetch-samples"], ("0 fetched", "1 the fetch failed, and nothing was changed")),
+    ],
+)
+def test_each_commands_help_gives_its_exit_statuses(argv, statuses, capsys):
+    """README's table of exit statuses, where a script's author looks first: the command's --help."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--help"])
+    assert exit_info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "exit status: " in text
+    for status in statuses:
+        assert status in text, status
