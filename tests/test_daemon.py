@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -58,6 +59,7 @@ from pyfundus.daemon.service import Daemon
 from pyfundus.daemon.watcher import native_observer
 from pyfundus.grading import Thresholds
 from pyfundus.verdicts import CSV_COLUMNS
+from pyfundus.weights import read_config, shipped_weights
 
 # Short timings so the suite is quick; the defaults are for clinic cameras. No operator page: its
 # fixed default port would make daemons run side by side collide (test_web.py covers it).
@@ -790,10 +792,17 @@ def test_an_untrained_model_in_the_daemon_does_not_silence_later_models(caplog):
         scorer.score([disc])
 
 
-def test_a_site_can_move_the_models_thresholds():
+def test_a_site_can_move_the_models_thresholds(caplog):
+    caplog.set_level(logging.INFO, logger="pyfundus.daemon.scoring")
     scorer = load_scorer("fthnet_s", "cpu", reject_below=20, good_from=45)
     assert (scorer.thresholds.reject_below, scorer.thresholds.good_from) == (20.0, 45.0)
     assert not scorer.thresholds.calibrated  # set by hand, and recorded as such
+    # The log says which are in force, in the words of the start-up lines and pyfundus score's summary.
+    assert "thresholds: Reject below 20, Good from 45 (not calibrated); set for this site" in caplog.text
+    shipped = read_config(shipped_weights()).thresholds
+    caplog.clear()
+    load_scorer("fthnet_s", "cpu")
+    assert f"thresholds: {shipped.describe()}; the model's" in caplog.text
     kept = load_scorer("fthnet_s", "cpu", good_from=80)
     assert kept.thresholds.reject_below == load_scorer("fthnet_s", "cpu").thresholds.reject_below
     with pytest.raises(StartupError, match="reject_below < good_from"):
