@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -48,6 +49,9 @@ def test_a_fresh_install_photographs_synthetic_eyes_only(monkeypatch, tmp_path):
 
     image = read_image(dicom.data)
     assert (image.patient_id, image.eye) == (demo.DEMO_PATIENT, "R")
+    # README's account of one pass: so many captures on a fresh install, so many with the sample photos.
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert f"one pass ({len(one_pass)} captures, {len(SHOTS)} with the sample photos)" in readme
 
 
 def test_the_shipped_model_grades_each_demo_capture_as_meant():
