@@ -89,10 +89,10 @@ def load_scorer(
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from exc
     log.info("scoring with %s", scorer.backend_description)
-    log.info(
-        "thresholds: Reject below %.1f, Good from %.1f (%s)", scorer.thresholds.reject_below,
-        scorer.thresholds.good_from, "calibrated with the model" if scorer.thresholds.calibrated else "set by hand",
-    )  # fmt: skip
+    # The same words as the start-up lines and pyfundus score's summary; a model file without thresholds
+    # grades with the defaults, which are not calibrated (not "set by hand").
+    moved = reject_below is not None or good_from is not None
+    log.info("thresholds: %s%s", scorer.thresholds.describe(), "; set for this site" if moved else "; the model's")
     if not scorer.trained:
         log.warning("model %s has NO trained weights: every score is meaningless (plumbing only)", scorer.name)
         # Said once here, for this model only; each verdict also records trained=false.

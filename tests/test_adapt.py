@@ -19,6 +19,7 @@ from safetensors import safe_open
 from pyfundus.adapt import AdaptConfig, AdaptRefused, adapt, read_captures
 from pyfundus.cli import main
 from pyfundus.data.synth import generate_fundus
+from pyfundus.errors import EXIT_NOTHING_SCORED, EXIT_REFUSED
 from pyfundus.grading import Thresholds
 from pyfundus.models import create_model
 from pyfundus.verdicts import CAUSES
@@ -136,7 +137,7 @@ def test_a_model_that_checks_worse_is_not_written(tmp_path, site_captures):
     assert written["worse_than_base"] is True and out.exists()  # --force writes it, and says it is worse
 
 
-def test_the_command_exits_3_and_writes_nothing_when_refused(tmp_path, tiny_base, site_captures, monkeypatch, capsys):
+def test_the_command_exits_4_and_writes_nothing_when_refused(tmp_path, tiny_base, site_captures, monkeypatch, capsys):
     from pyfundus import adapt as adapt_module
 
     verdicts = iter([{"qwk": 0.5, "srcc": 0.5}, {"qwk": 0.4, "srcc": 0.9}])  # before, after
@@ -144,13 +145,16 @@ def test_the_command_exits_3_and_writes_nothing_when_refused(tmp_path, tiny_base
     out = tmp_path / "x.safetensors"
     argv = ["adapt", "--good", *map(str, site_captures["Good"]), "--model", str(tiny_base), "--out", str(out),
             "--steps", "2", "--variants", "4", "--json", "--no-progress"]  # fmt: skip
-    assert main(argv) == 3 and not out.exists()
+    assert main(argv) == EXIT_REFUSED == 4 and not out.exists()
     assert json.loads(capsys.readouterr().out)["worse_than_base"] is True
 
 
 def test_adapt_needs_a_good_capture(tmp_path, tiny_base, site_captures, capsys):
     assert main(["adapt", "--reject", str(site_captures["Reject"][0]), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "at least one capture the site judges good" in capsys.readouterr().err
+    missing = tmp_path / "good-captures"
+    assert main(["adapt", "--good", str(missing), "--out", str(tmp_path / "x.safetensors")]) == EXIT_NOTHING_SCORED
+    assert f"{missing} (--good): no such file or directory" in capsys.readouterr().err
     with pytest.raises(ValueError, match="tune must be"):
         AdaptConfig(out="x", tune="everything")
 
