@@ -15,6 +15,7 @@ import os
 import sys
 from pathlib import Path
 
+from .distributed.cli import add_engine_options, refuse_ray_options
 from .errors import EXIT_USAGE, UsageError
 from .progress import progress_bar
 from .version import __version__
@@ -78,11 +79,18 @@ def _add_score(commands) -> None:
     p.add_argument("--reject-below", type=float, help="override the model's Reject threshold (score)")
     p.add_argument("--good-from", type=float, help="override the model's Good threshold (score)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_engine_options(p)
     p.set_defaults(run=_run_score)
 
 
 def _run_score(args) -> int:
     from .verdicts import ScoreResult, write_csv
+
+    if args.engine == "ray":
+        from .distributed.cli import score_on_ray
+
+        return score_on_ray(args, expand_paths(args.paths, recursive=args.recursive))
+    refuse_ray_options(args)
 
     model = _load_model_for_cli(
         args.model, args.device, args.reject_below, args.good_from,
