@@ -63,6 +63,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("compile", "bool", "torch.compile the torch backend: start-up takes about a minute longer (it compiles "
            "for one image and for batches), scoring then runs faster (see benchmarks/RESULTS.md)"),
     Option("batch_size", "count", "most images per model call (default: 8)", "N"),
+    Option("remote", "text", "score on this scoring server (pyfundus serve), e.g. http://127.0.0.1:8000/score; the "
+           "local model scores when it is unreachable or slow. Each capture's bytes (which hold patient data) "
+           "go to it: use a server on this machine or an https:// URL on a network you trust", "URL"),
+    Option("remote_timeout", "seconds", "how long the scoring server has for the whole of one capture before the "
+           "local model scores it instead (default: 2)", "SECONDS"),
     Option("reject_below", "score", "grade Reject below this score (default: the threshold stored with the model)",
            "SCORE"),
     Option("good_from", "score", "grade Good from this score up (default: the threshold stored with the model)",
@@ -122,6 +127,8 @@ class WatchConfig:
     precision: str | None = None
     compile: bool = False
     batch_size: int = 8
+    remote: str | None = None
+    remote_timeout: float = 2.0
     reject_below: float | None = None
     good_from: float | None = None
     json: bool = False
@@ -167,6 +174,8 @@ class WatchConfig:
             raise ConfigError(f"--reject-action {self.reject_action} needs --reject-folder DIR")
         if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
             raise ConfigError(f"alert_webhook must be an http:// or https:// URL, got {self.alert_webhook!r}")
+        if self.remote is not None and not self.remote.startswith(("http://", "https://")):
+            raise ConfigError(f"remote must be an http:// or https:// URL, got {self.remote!r}")
         root = Path(os.path.realpath(self.folder))
         if not self.allow_inside_folder:
             outputs = (("state directory", self.state_dir), ("sidecar folder", self.sidecars),

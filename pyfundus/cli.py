@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .mark.cli import add_commands as add_mark_commands  # mark
 
     add_mark_commands(commands)
+    from .distributed.cli import add_commands as add_distributed_commands  # serve
+
+    add_distributed_commands(commands)
     return parser
 
 

@@ -12,7 +12,7 @@ page and the BRISQUE feature workers all read it.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Iterable, TextIO
 
@@ -105,6 +105,13 @@ class ScoreResult:
         record["class"] = record.pop("quality_class")
         record["state"] = self.state
         return {key: record[key] for key in RECORD_FIELDS}
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> ScoreResult:
+        """The result a record (``to_dict()``, e.g. a scoring server's answer) stands for; the keys
+        this class has no field for (the ledger's) are left out."""
+        names = {f.name for f in fields(cls)} - {"quality_class", "incomplete"}
+        return cls(quality_class=record.get("class"), **{key: record[key] for key in names if key in record})
 
 
 # The record's keys, in the order JSON output and the CSV columns follow. Fields that do not apply
