@@ -11,6 +11,7 @@ would stop every Ray process of the user, other people's included.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import secrets
 import shutil
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from conftest import skip_or_fail
 
-RAY = Path(sys.executable).with_name("ray")
+# The `ray` command of this interpreter's Ray, wherever pip put the script.
+RAY = [sys.executable, "-m", "ray.scripts.scripts"]
 OBJECT_STORE_BYTES = 200 * 1024 * 1024
 # Ray notices a dead node after this many missed health checks, one a second (default: 5 x 3 s).
 FAST_FAILURE_DETECTION = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3"}
@@ -44,32 +46,46 @@ class LocalCluster:
     def __init__(self) -> None:
         # Short: Ray's unix sockets live under it, and a socket path has a 107-byte limit.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="pfray-", dir="/tmp"))
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.nodes: list[subprocess.Popen] = []
+        self._starting: list[tuple[subprocess.Popen, Path]] = []  # launched, not yet known to be up
+        self._logs = itertools.count()
         token = self.temp_dir / "auth_token"
         token.write_text(secrets.token_hex(32))
         self.env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
                     "RAY_AUTH_TOKEN_PATH": str(token), **FAST_FAILURE_DETECTION}  # fmt: skip
 
     def start(self, workers: int = 1) -> LocalCluster:
-        """The head and the workers start together (a worker waits for the head's GCS), then all are waited for."""
-        starting = [self._launch("--head", f"--port={self.port}", "--include-dashboard=false", "--disable-usage-stats")]
-        starting += [self._launch(f"--address={self.address}") for _ in range(workers)]
-        for node, log in starting:
-            self._wait_started(node, log)
+        """Launch the head and the workers together (a worker waits for the head's GCS); :meth:`ready` waits
+        for them, so a test can do other work while they start."""
+        self._launch("--head", f"--port={self.port}", "--include-dashboard=false", "--disable-usage-stats")
+        for _ in range(workers):
+            self.add_worker()
         return self
 
-    def add_worker(self) -> subprocess.Popen:
-        node, log = self._launch(f"--address={self.address}")
-        self._wait_started(node, log)
-        return node
+    def add_worker(self) -> None:
+        self._launch(f"--address={self.address}")
+
+    def ready(self, timeout: float = 120.0) -> LocalCluster:
+        """Until every node launched says it is up (its raylet has joined the cluster)."""
+        deadline = time.monotonic() + timeout
+        while self._starting:
+            node, log = self._starting[0]
+            if b"Ray runtime started" in log.read_bytes():
+                self._starting.pop(0)
+            elif node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"a Ray node did not start: {log.read_text(errors='replace')[-2000:]}")
+            else:
+                time.sleep(0.2)
+        return self
 
     def kill(self, node: subprocess.Popen) -> None:
         """The node dies at once, with everything on it: its raylet, its workers, its actors."""
         os.killpg(node.pid, signal.SIGKILL)
         node.wait()
         self.nodes.remove(node)
+        self._starting = [(n, log) for n, log in self._starting if n is not node]
 
     def stop(self) -> None:
         """Every node at once, as :meth:`kill` does one (a test cluster keeps nothing worth a graceful stop);
@@ -81,23 +97,14 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def _launch(self, *args: str) -> tuple[subprocess.Popen, Path]:
-        command = [str(RAY), "start", "--block", "--num-cpus=1", f"--object-store-memory={OBJECT_STORE_BYTES}",
+    def _launch(self, *args: str) -> None:
+        command = [*RAY, "start", "--block", "--num-cpus=1", f"--object-store-memory={OBJECT_STORE_BYTES}",
                    f"--temp-dir={self.temp_dir}", *args]  # fmt: skip
-        log = self.temp_dir / f"node-{len(self.nodes)}.log"
+        log = self.temp_dir / f"node-{next(self._logs)}.log"
         with open(log, "wb") as out:
             node = subprocess.Popen(command, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.nodes.append(node)
-        return node, log
-
-    @staticmethod
-    def _wait_started(node: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
-        """Until the node says it is up (its raylet has joined the cluster)."""
-        deadline = time.monotonic() + timeout
-        while b"Ray runtime started" not in log.read_bytes():
-            if node.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"a Ray node did not start: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.2)
+        self._starting.append((node, log))
 
 
 def pids_naming(text: str) -> list[int]:
@@ -111,7 +118,7 @@ def pids_naming(text: str) -> list[int]:
     return found
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

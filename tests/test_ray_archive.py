@@ -45,6 +45,7 @@ score_archive(expand_paths([sys.argv[1]]), sys.argv[2], address=sys.argv[3], act
 
 @pytest.fixture(scope="module")
 def cluster():
+    """Launched first; its nodes come up while the local engine scores the reference (``local``)."""
     ray_or_skip()
     cluster = LocalCluster()
     try:
@@ -77,6 +78,7 @@ def local(captures) -> dict[str, dict]:
 
 
 def run_cli(cluster, *args, timeout=RUN_TIMEOUT):
+    cluster.ready()
     command = [sys.executable, "-m", "pyfundus.cli", "score", *args, "--engine", "ray",
                "--ray-address", cluster.address, "--json", "--no-progress"]  # fmt: skip
     return subprocess.run(command, env=cluster.env, capture_output=True, text=True, timeout=timeout)
@@ -99,9 +101,11 @@ def assert_matches_local(records, local):
             assert record["score"] is None and record["error"] == expected["error"]
 
 
-def start_driver(cluster, folder, output):
-    return subprocess.Popen([sys.executable, "-c", DRIVER, str(folder), str(output), cluster.address],
-                            env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+def start_driver(cluster, folder, output, log: Path):
+    cluster.ready()
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-c", DRIVER, str(folder), str(output), cluster.address],
+                                env=cluster.env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def read_records(output: Path) -> list[dict]:
@@ -148,7 +152,7 @@ def test_resume_continues_a_half_written_output(cluster, captures, local, tmp_pa
     local = {path.replace(str(captures), str(folder)): json.loads(json.dumps(record).replace(str(captures), str(folder)))
              for path, record in local.items()}  # the same records, of the copies  # fmt: skip
     output = tmp_path / "results.parquet"
-    driver = start_driver(cluster, folder, output)
+    driver = start_driver(cluster, folder, output, tmp_path / "driver.log")
     try:  # killed as a crash would, once some batches are committed and before all are
         wait_until(lambda: len(rows_so_far(output)) >= 8 or driver.poll() is not None, RUN_TIMEOUT, "8 rows")
         driver.send_signal(signal.SIGKILL)
@@ -177,18 +181,18 @@ def test_resume_continues_a_half_written_output(cluster, captures, local, tmp_pa
 
 def test_a_worker_node_killed_mid_run_costs_no_capture(cluster, captures, local, tmp_path):
     output = tmp_path / "results.parquet"
-    driver = start_driver(cluster, captures, output)
+    driver = start_driver(cluster, captures, output, tmp_path / "driver.log")
     worker = cluster.nodes[1]
     try:
         # Two actors, one CPU per node: one actor on each. The worker node dies once the first results are in.
         wait_until(lambda: rows_so_far(output) or driver.poll() is not None, RUN_TIMEOUT, "the first rows")
         at_kill = rows_so_far(output)
         cluster.kill(worker)
-        assert driver.wait(timeout=RUN_TIMEOUT) == 0, driver.stdout.read()
+        assert driver.wait(timeout=RUN_TIMEOUT) == 0, (tmp_path / "driver.log").read_text(errors="replace")
     finally:
         if driver.poll() is None:
             driver.kill()
-        cluster.add_worker()  # the next test finds the cluster as it was
+        cluster.add_worker()  # the next test finds the cluster as it was (once ready)
     assert len(at_kill) < len(local), "the run ended before the node was killed"
     records = read_records(output)
     assert_matches_local(records, local)

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import pytest
 from daemon_helpers import BrightnessScorer, LedgerView, png_bytes, sha256, wait_for, write
 from PIL import Image
-from ray_helpers import pids_naming, ray_or_skip
+from ray_helpers import free_port, pids_naming, ray_or_skip
 from sample_helpers import sample_photos
 
 from pyfundus.api import load_model
@@ -251,9 +250,3 @@ def test_a_record_read_back_is_the_result_it_came_from(tmp_path):
     (result,) = BrightnessScorer().score([str(write(tmp_path / "c.png", png_bytes(140)))])
     result.scored_by = "http://127.0.0.1:8000/score"
     assert ScoreResult.from_dict(json.loads(json.dumps(result.to_dict()))) == result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
