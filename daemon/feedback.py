@@ -12,13 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pyfundus.paths import sha256_file
-from pyfundus.verdicts import FEEDBACK
+from pyfundus.verdicts import FEEDBACK_LEVEL
 
 from .ledger import Ledger
 from .statedir import LEDGER_NAME
-
-# What adapt makes of each word ("fine", "retake").
-LEVEL_OF = dict(zip(FEEDBACK, ("Good", "Reject")))
 
 
 def graded_from_ledger(state_dir: str | Path, *, camera: str | None = None) -> dict[str, list[str]]:
@@ -39,12 +36,12 @@ def graded_from_ledger(state_dir: str | Path, *, camera: str | None = None) -> d
     graded: dict[str, list[str]] = {"Good": [], "Usable": [], "Reject": []}
     marked = 0
     for verdict, paths in captures:
-        if verdict.feedback not in LEVEL_OF or (camera is not None and verdict.camera != camera):
+        if verdict.feedback not in FEEDBACK_LEVEL or (camera is not None and verdict.camera != camera):
             continue
         marked += 1
         found = next((p for p in paths if _holds(p, verdict.sha256)), None)
         if found is not None:
-            graded[LEVEL_OF[verdict.feedback]].append(found)
+            graded[FEEDBACK_LEVEL[verdict.feedback]].append(found)
     if not marked:
         where = f" from the camera {camera!r}" if camera is not None else ""
         raise ValueError(

@@ -274,6 +274,11 @@ class Ledger:
             row = conn.execute("SELECT * FROM captures WHERE sha256 = ?", (sha256,)).fetchone()
         return _verdict(row, row["path"])
 
+    def labels(self) -> list[tuple[str, str, float]]:
+        """Every feedback click, oldest first: (sha256, "fine" or "retake", unix time)."""
+        with self._reading("read labels") as conn:
+            return [tuple(row) for row in conn.execute("SELECT sha256, label, at FROM labels ORDER BY at, rowid")]
+
     def captures(self) -> list[tuple[Verdict, list[str]]]:
         """Every capture's verdict (under its first path) and all the paths it was seen at."""
         with self._reading("read captures") as conn:

@@ -125,6 +125,8 @@ RECORD_FIELDS = (
 
 # The operator's word on a verdict, from the operator page: the capture is fine as it is, or needs a retake anyway.
 FEEDBACK = ("fine", "retake")
+# The grade each word gives the capture where it is learnt from (pyfundus adapt) or shown as a hint (pyfundus mark).
+FEEDBACK_LEVEL = dict(zip(FEEDBACK, ("Good", "Reject")))
 
 # The CSV flattens the nested fields: probabilities into p_good/p_usable/p_reject, timing_ms into
 # total_ms/latency_ms, lists into ";"-joined text; causes stay in the JSON only.

@@ -218,23 +218,23 @@ def test_import_ledger_copies_unchanged_captures_in_with_the_daemon_s_score_and_
                                                (camera / "cap3.png", 60.0, "Usable", "fthnet_s")])  # fmt: skip
     (camera / "cap3.png").write_bytes(fundus_png(14))  # changed after scoring: not the image the verdict is about
     sha1, sha2 = (hashlib.sha256((camera / name).read_bytes()).hexdigest() for name in ("cap1.png", "cap2.png"))
-    conn = sqlite3.connect(state / "ledger.sqlite3")  # another engineer's feedback table, as the page would fill it
-    conn.execute("CREATE TABLE labels (sha256 TEXT, label TEXT, note TEXT, operator TEXT, created_at REAL)")
-    conn.execute("INSERT INTO labels VALUES (?, 'Usable', 'patient blinked', 'op1', 1.0)", (sha1,))
-    conn.execute("INSERT INTO labels VALUES (?, 'reject', NULL, NULL, NULL)", (sha2,))
-    conn.commit()
-    conn.close()
+    ledger = Ledger(state / "ledger.sqlite3")  # the operator's clicks on the operator page
+    ledger.add_feedback(sha1, "retake", 1.0)
+    ledger.add_feedback(sha1, "fine", 2.0)  # changed their mind: both clicks are hints
+    ledger.add_feedback(sha2, "fine", 3.0)
+    ledger.close()
 
     counts = import_ledger(store, read_ledger(state), actor="test")
-    assert (counts["captures"], counts["added"], counts["file_gone"], counts["hints"]) == (4, 3, 1, 2)
+    assert (counts["captures"], counts["added"], counts["file_gone"], counts["hints"]) == (4, 3, 1, 3)
     paths = sorted(i.path for i in store.rating_set())
     assert paths == ["a (1).png", "a.png", "b.png", "c.png", "cap1.png", "cap2.png", "d.png"], "a name taken gets (1)"
     assert (store.dataset / "cap1.png").read_bytes() == (camera / "cap1.png").read_bytes()
     image = next(i for i in store.rating_set() if i.path == "cap1.png")
     assert image.model_view() == {"model": "fthnet_s", "score": 35.0, "level": "Reject"}
-    assert store.hints(image.id) == [{"source": "operator op1", "level": "Usable", "note": "patient blinked", "at": 1.0}]
+    assert store.hints(image.id) == [{"source": "operator", "level": "Reject", "note": "retake anyway", "at": 1.0},
+                                     {"source": "operator", "level": "Good", "note": "fine as it is", "at": 2.0}]
     cap2 = next(i for i in store.rating_set() if i.path == "cap2.png")
-    assert store.hints(cap2.id) == [{"source": "operator", "level": "Reject", "note": None, "at": None}]
+    assert store.hints(cap2.id) == [{"source": "operator", "level": "Good", "note": "fine as it is", "at": 3.0}]
     again = import_ledger(store, read_ledger(state), actor="test")
     assert (again["added"], again["already"], again["hints"]) == (0, 3, 0), "importing twice changes nothing"
     with pytest.raises(MarkError, match="no ledger in"):

@@ -318,8 +318,8 @@ def _add_imports(actions: Any) -> None:
         help="queue the daemon's scored captures for rating (copies them into the dataset folder)",
         description="Copy each capture pyfundus watch scored, whose file still holds the scored bytes, into the "
         "dataset folder, with the daemon model's score (shown to a rater only after they commit, and used by "
-        "--order uncertain). Operator labels in the ledger's labels table, when it has one, become hints shown "
-        "after commit.",
+        "--order uncertain). The operator's clicks on the operator page (Fine as it is: Good, Retake anyway: "
+        "Reject) become hints shown after commit.",
     )
     ledger.add_argument("state_dir", type=Path, nargs="?", metavar="STATE_DIR",
                         help="the daemon's state directory (default: $PYFUNDUS_STATE_DIR or ~/.local/state/pyfundus)")  # fmt: skip
@@ -380,8 +380,6 @@ def _run_import_ledger(args: argparse.Namespace) -> int:
     print(f"{counts['captures']} capture(s) in the ledger: {counts['added']} copied into {store.dataset} and queued, "
           f"{counts['already']} already there, {counts['not_scored']} not scored, {counts['older']} before --since, "
           f"{counts['file_gone']} whose file is gone or changed; {counts['hints']} operator hint(s)")  # fmt: skip
-    if "labels_problem" in counts:
-        print(f"note: {counts['labels_problem']}", file=sys.stderr)
     return 0
 
 

@@ -10,35 +10,25 @@ Captures (``pyfundus mark import-ledger``) come from ``pyfundus watch``'s
 ledger: each scored capture whose file still holds the bytes that were
 scored is copied into the dataset folder (the camera folder may be cleaned
 later) and queued for rating, with the daemon model's score kept for the view
-after a rater commits and for the uncertain-first order. If the ledger has a
-``labels`` table (operator feedback), its labels are kept as hints, shown
-after commit too, never before.
+after a rater commits and for the uncertain-first order. The operator's
+clicks on the operator page ("Fine as it is", "Retake anyway", the ledger's
+``labels``) are kept as hints (Good, Reject), shown after commit too, never
+before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import sqlite3
-import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-from ..verdicts import CLASSES
+from ..verdicts import FEEDBACK_LEVEL
 from .aggregate import read_ratings
 from .export import export_name
 from .store import MarkError, Store
-
-# A labels table is another module's (operator feedback); these are the column names read from it, first match wins.
-_LABEL_COLUMNS = {
-    "sha256": ("sha256",),
-    "level": ("class", "quality_class", "label", "level", "verdict"),
-    "note": ("note", "comment", "reason", "text"),
-    "at": ("created_at", "labelled_at", "at", "time", "timestamp"),
-    "by": ("operator", "user", "by", "rater"),
-}
 
 
 def import_ratings(store: Store, table: str | Path, *, actor: str) -> dict[str, Any]:
@@ -70,10 +60,12 @@ def import_ratings(store: Store, table: str | Path, *, actor: str) -> dict[str, 
 
 @dataclass
 class LedgerCaptures:
-    """What the daemon's ledger holds: its path and every capture's verdict with the paths it was seen at."""
+    """What the daemon's ledger holds: its path, every capture's verdict with the paths it was seen at, and
+    every click of the operator's feedback: (sha256, "fine" or "retake", unix time)."""
 
     path: Path
     captures: list[tuple[Any, list[str]]]
+    labels: list[tuple[str, str, float]]
 
 
 def read_ledger(state_dir: str | Path) -> LedgerCaptures:
@@ -88,7 +80,7 @@ def read_ledger(state_dir: str | Path) -> LedgerCaptures:
     try:
         ledger = Ledger(path, readonly=True)
         try:
-            return LedgerCaptures(path, ledger.captures())
+            return LedgerCaptures(path, ledger.captures(), ledger.labels())
         finally:
             ledger.close()
     except LedgerError as exc:
@@ -127,41 +119,20 @@ def import_ledger(store: Store, ledger: LedgerCaptures, *, actor: str, since: da
         )
     for model, rows in scores.items():
         store.set_model_scores(model, rows)
-    try:
-        counts["hints"] = _import_labels(store, ledger.path)
-    except MarkError as exc:  # the captures are in; say why the labels are not
-        counts["hints"], counts["labels_problem"] = 0, str(exc)
+    counts["hints"] = _import_labels(store, ledger.labels)
     store.note(actor, "import.ledger", None, {"ledger": str(ledger.path), **counts})
     return counts
 
 
-def _import_labels(store: Store, ledger_path: Path) -> int:
-    """Operator feedback from the ledger's ``labels`` table, when it has one; returns how many hints are new."""
-    uri = f"file:{urllib.parse.quote(str(ledger_path))}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True)
-    conn.row_factory = sqlite3.Row
-    try:
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'labels'").fetchone() is None:
-            return 0
-        present = [row["name"] for row in conn.execute("PRAGMA table_info(labels)")]
-        column = {key: next((c for c in names if c in present), None) for key, names in _LABEL_COLUMNS.items()}
-        if column["sha256"] is None or (column["level"] is None and column["note"] is None):
-            raise MarkError(f"{ledger_path}: its labels table has columns {', '.join(present)}; expected sha256 "
-                            "and a label or note column, so its operator labels were not imported")  # fmt: skip
-        rows = conn.execute(f"SELECT * FROM labels WHERE {column['sha256']} IS NOT NULL").fetchall()
-    finally:
-        conn.close()
+def _import_labels(store: Store, labels: list[tuple[str, str, float]]) -> int:
+    """The operator's clicks as hints on the images they are about; returns how many hints are new."""
     images = {image.sha256: image.id for image in store.images()}
+    words = {"fine": "fine as it is", "retake": "retake anyway"}
     added = 0
-    for row in rows:
-        image_id = images.get(row[column["sha256"]])
-        if image_id is None:
-            continue
-        value = {key: row[name] if name else None for key, name in column.items()}
-        level = str(value["level"]).capitalize() if value["level"] is not None else None
-        note = " ".join(str(part) for part in (value["note"], level if level not in CLASSES else None) if part)
-        by = f"operator {value['by']}" if value["by"] else "operator"
-        added += store.add_hint(image_id, by, level if level in CLASSES else None, note or None, _timestamp(value["at"]))
+    for sha256, label, at in labels:
+        image_id = images.get(sha256)
+        if image_id is not None and label in FEEDBACK_LEVEL:
+            added += store.add_hint(image_id, "operator", FEEDBACK_LEVEL[label], words[label], at)
     return added
 
 
@@ -196,13 +167,3 @@ def _copy_in(source: Path, dataset: Path) -> Path:
     shutil.copy2(source, target)
     return target
 
-
-def _timestamp(value: Any) -> float | None:
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value).timestamp()
-        except ValueError:
-            return None
-    return None
