@@ -18,6 +18,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -117,6 +118,11 @@ def test_the_server_batches_captures_and_scores_as_the_local_model(server, captu
     assert broken["state"] == "failed" and broken["score"] is None and broken["error"]
     with urllib.request.urlopen(server.url, timeout=30) as response:
         assert json.loads(response.read())["model_sha256"] == model.sha256
+    rebound = urllib.request.Request(server.url, data=captures[0].read_bytes(), method="POST",
+                                     headers={"Host": "evil.example:80"})  # a page elsewhere, by DNS rebinding
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(rebound, timeout=30)
+    assert refused.value.code == 403 and b"sha256" not in refused.value.read()
 
 
 def test_watch_scores_on_the_server_and_locally_once_it_is_stopped(server, captures, tmp_path):

@@ -4,6 +4,11 @@ Each replica holds one model (loaded through ``load_model``) and scores the capt
 batches (``@serve.batch``: up to ``max_batch_size`` captures from any cameras, waiting at most
 ``batch_wait_s`` for a batch to fill), off the event loop so requests keep arriving while a batch scores.
 The protocol is in :mod:`.protocol`.
+
+While the endpoint listens on loopback (the default), a request whose Host header is not a loopback name is
+refused (403), as the operator page and the rating app refuse it: a web page elsewhere that reaches
+127.0.0.1 through DNS rebinding cannot send captures or read verdicts. On another ``--host`` every client
+that reaches the port is served (plain HTTP: put it behind TLS on a network you do not trust).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from ..daemon.web import host_is_loopback, is_loopback_address
 from ..version import __version__
 from .cluster import ModelSpec, placement, ray_session
 from .protocol import BATCH_HEADER, MAX_CAPTURE_BYTES, SCORE_PATH
@@ -44,7 +50,8 @@ def describe(model: Any) -> dict[str, Any]:
 
 @serve.deployment
 class ScoringServer:
-    def __init__(self, spec: ModelSpec, max_batch_size: int, batch_wait_s: float) -> None:
+    def __init__(self, spec: ModelSpec, max_batch_size: int, batch_wait_s: float, loopback_only: bool = True) -> None:
+        self.loopback_only = loopback_only
         self.model = spec.load()
         self.model.warn_untrained = False  # every record says trained=false; a warning per batch says nothing more
         self.score_batch.set_max_batch_size(max_batch_size)
@@ -59,6 +66,8 @@ class ScoringServer:
         return [(result.to_dict(), len(captures)) for result in results]
 
     async def __call__(self, request: Request) -> JSONResponse:
+        if self.loopback_only and not host_is_loopback(_Headers(request)):
+            return JSONResponse({"error": "this server answers requests for a loopback host only"}, status_code=403)
         if request.method == "GET":
             return JSONResponse(self.info)
         if request.method != "POST":
@@ -73,6 +82,16 @@ class ScoringServer:
         return JSONResponse(record, headers={BATCH_HEADER: str(batch)})
 
 
+class _Headers:
+    """A Starlette request's headers as :func:`host_is_loopback` reads them (``get_all``)."""
+
+    def __init__(self, request: Request) -> None:
+        self._headers = request.headers
+
+    def get_all(self, name: str) -> list[str]:
+        return self._headers.getlist(name)
+
+
 def serve_until_stopped(spec: ModelSpec, *, address: str | None, host: str, port: int, replicas: int,
                         max_batch_size: int, batch_wait_s: float, json_line: bool) -> int:  # fmt: skip
     """Deploy, say where (stderr, or one JSON line on stdout), serve until SIGTERM or SIGINT, then undeploy."""
@@ -84,7 +103,7 @@ def serve_until_stopped(spec: ModelSpec, *, address: str | None, host: str, port
                 num_replicas=replicas,
                 ray_actor_options={"num_cpus": 1, "num_gpus": gpus or 0},
                 max_ongoing_requests=2 * max_batch_size,  # one batch scoring, the next one filling
-            ).bind(dataclasses.replace(spec, device=device), max_batch_size, batch_wait_s)
+            ).bind(dataclasses.replace(spec, device=device), max_batch_size, batch_wait_s, is_loopback_address(host))
             serve.run(app, name=APP_NAME, route_prefix=SCORE_PATH)
             url = f"http://{host if ':' not in host else f'[{host}]'}:{port}{SCORE_PATH}"
             if json_line:
