@@ -81,6 +81,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("compile", "bool", "torch.compile the torch backend: start-up takes about a minute longer (it compiles "
            "for one image and for batches), scoring then runs faster (see benchmarks/RESULTS.md)", group="model"),
     Option("batch_size", "count", "most images per model call (default: 8)", "N", group="model"),
+    Option("remote", "text", "score on this scoring server (pyfundus serve), e.g. http://127.0.0.1:8000/score; the "
+           "local model scores when it is unreachable or slow. Each capture's bytes (which hold patient data) "
+           "go to it: use a server on this machine or an https:// URL on a network you trust", "URL", group="model"),
+    Option("remote_timeout", "seconds", "how long the scoring server has for the whole of one capture before the "
+           "local model scores it instead (default: 2)", "SECONDS", group="model"),
     Option("reject_below", "score", "grade Reject below this score (default: the threshold stored with the model)",
            "SCORE", group="model"),
     Option("good_from", "score", "grade Good from this score up (default: the threshold stored with the model)",
@@ -148,6 +153,8 @@ class WatchConfig:
     precision: str | None = None
     compile: bool = False
     batch_size: int = 8
+    remote: str | None = None
+    remote_timeout: float = 2.0
     reject_below: float | None = None
     good_from: float | None = None
     json: bool = False
@@ -193,6 +200,8 @@ class WatchConfig:
             raise ConfigError(f"--reject-action {self.reject_action} needs --reject-folder DIR")
         if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
             raise ConfigError(f"alert_webhook must be an http:// or https:// URL, got {self.alert_webhook!r}")
+        if self.remote is not None and not self.remote.startswith(("http://", "https://")):
+            raise ConfigError(f"remote must be an http:// or https:// URL, got {self.remote!r}")
         root = Path(os.path.realpath(self.folder))
         if not self.allow_inside_folder:
             outputs = (("state directory", self.state_dir), ("sidecar folder", self.sidecars),

@@ -14,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+from .distributed.cli import add_engine_options, refuse_ray_options
 from .errors import (
     EXIT_NOTHING_SCORED,
     EXIT_OK,
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .mark.cli import add_commands as add_mark_commands  # mark
 
     add_mark_commands(commands)
+    from .distributed.cli import add_commands as add_distributed_commands  # serve
+
+    add_distributed_commands(commands)
     return parser
 
 
@@ -99,6 +103,7 @@ def _add_score(commands) -> None:
                    help="grade Good from this score up (default: the model's own"
                    + (f"; the shipped model's: {shipped.good_from:g})" if shipped else ")"))  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_engine_options(p)
     p.set_defaults(run=_run_score)
 
 
@@ -115,6 +120,12 @@ def _shipped_thresholds():
 def _run_score(args) -> int:
     from .inputs import collect_inputs
     from .verdicts import ScoreResult, write_csv
+
+    if args.engine == "ray":
+        from .distributed.cli import score_on_ray
+
+        return score_on_ray(args, collect_inputs(args.paths, recursive=args.recursive).entries)
+    refuse_ray_options(args)
 
     model = _load_model_for_cli(
         args.model, args.device, args.reject_below, args.good_from,

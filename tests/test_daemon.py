@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -557,6 +558,7 @@ def test_results_export_json_and_csv(tmp_path, capsys):
     assert set(records) == {"a.png", "bad.jpg"}
     assert records["a.png"]["state"] == "scored" and records["a.png"]["class"] in ("Good", "Usable", "Reject")
     assert records["a.png"]["other_paths"] == [real(copy)] and records["a.png"]["model"] == "stub-brightness"
+    assert records["a.png"]["scored_by"] == "local"
     assert records["bad.jpg"]["state"] == "failed" and "not an image file" in records["bad.jpg"]["error"]
     out = tmp_path / "verdicts.csv"
     assert daemon_main(["results", "export", "--state-dir", state, "--format", "csv", "-o", str(out)]) == 0
@@ -564,6 +566,19 @@ def test_results_export_json_and_csv(tmp_path, capsys):
     assert header.split(",") == list(CSV_COLUMNS) and len(rows) == 2
     assert daemon_main(["results", "export", "--state-dir", str(tmp_path / "nowhere")]) == 2
     assert "no ledger" in capsys.readouterr().err
+
+
+def test_a_ledger_from_before_scored_by_gains_the_column_and_keeps_its_verdicts(tmp_path):
+    with running(tmp_path) as h:
+        h.wait_done(write(h.folder / "a.png", png_bytes(90)))
+    path = tmp_path / "state" / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:  # as a ledger written before the column existed
+        conn.execute("ALTER TABLE captures DROP COLUMN scored_by")
+    ((verdict, _),) = Ledger(path, readonly=True).captures()  # a reader cannot add it: None
+    assert verdict.scored_by is None and verdict.state == "scored"
+    Ledger(path).close()  # the daemon's read-write open adds it
+    with sqlite3.connect(path) as conn:
+        assert "scored_by" in {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
 
 
 # ---- the process: signals, lock, state directory, config -----------------------------------
