@@ -23,7 +23,6 @@ import http.client
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,7 @@ from typing import Any, Callable
 from pyfundus.version import __version__
 
 from .config import WatchConfig
+from .deadline import Deadline
 from .logs import Redactor, file_paths, printable
 from .records import Verdict
 
@@ -166,10 +166,9 @@ class WebhookAlert:
             self.url, data=body, method="POST",
             headers={"Content-Type": "application/json", "User-Agent": f"pyfundus/{__version__}"},
         )  # fmt: skip
-        deadline = _Deadline(self.timeout)
-        opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline))
+        deadline = Deadline(self.timeout)
         try:
-            with deadline, opener.open(request, timeout=self.timeout) as response:
+            with deadline, deadline.opener().open(request, timeout=self.timeout) as response:
                 response.read()
             return None
         except urllib.error.HTTPError as exc:
@@ -179,79 +178,6 @@ class WebhookAlert:
             if deadline.expired:
                 return f"retry:no complete answer within {self.timeout:g} s"
             return f"retry:{getattr(exc, 'reason', None) or exc}"
-
-
-class _Deadline:
-    """Shuts the sockets of one webhook attempt down when its time is up.
-
-    A socket timeout limits each read, so it never ends a server that sends a byte every second;
-    shutting the socket down makes the blocked read return at once.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-
-    def __enter__(self) -> _Deadline:
-        self._timer = threading.Timer(self.seconds, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-
-    def watch(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._sockets.append(sock)
-            if self.expired:  # connected just after the deadline
-                _shut(sock)
-
-    def connection(self, base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
-        """``base`` with its socket handed to this deadline as soon as it is connected."""
-        deadline = self
-
-        class Connection(base):  # type: ignore[misc, valid-type]
-            def connect(self) -> None:
-                super().connect()
-                deadline.watch(self.sock)
-
-        return Connection
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                _shut(sock)
-
-
-def _shut(sock: socket.socket) -> None:
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass  # already closed
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.deadline.connection(http.client.HTTPConnection), req)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, deadline: _Deadline) -> None:
-        super().__init__()
-        self.deadline = deadline
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.deadline.connection(http.client.HTTPSConnection), req, context=self._context)
 
 
 class DesktopAlert:

@@ -44,8 +44,9 @@ class Notice:
             f"the camera {self.camera!r} looks unfamiliar to the model: {self.below_good} of its first "
             f"{self.judged} captures were graded below Good. If they were in fact good, the model does not know "
             "this camera yet: mark a few clean captures \"Fine as it is\" on the operator page (key F), then run: "
-            f"{self.command}  and restart with the site model it writes (pyfundus watch --model ..., or map the "
-            "camera to it under [cameras] in the config file). Verdicts are not changed."
+            f"{self.command}  and restart with the site model it writes for this camera (pyfundus watch ... "
+            f"--camera-model {shlex.quote(self.camera + '=' + self.command.rsplit(' ', 1)[-1])}, or the camera "
+            "under [camera_models] in the config file). Verdicts are not changed."
         )
 
     def to_dict(self) -> dict:

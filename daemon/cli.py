@@ -20,6 +20,7 @@ from pyfundus.errors import EXIT_USAGE, UsageError
 
 from .config import (
     CONFIG_KEYS,
+    OPTION_GROUPS,
     OPTIONS,
     model_rule,
     port_number,
@@ -82,10 +83,14 @@ def _add_watch(subparsers: Any) -> None:
         description="Watch a camera's output folder and score every new capture once: one line per verdict on "
         "stdout, every verdict in a ledger in the state directory. Runs until SIGTERM or Ctrl-C, then finishes "
         "what is queued. Flags override the --config file.",
+        epilog="exit status: 0 stopped by SIGTERM or Ctrl-C once the queue was drained; 2 could not start (bad "
+        "options or config file, a model that cannot load, another daemon holds the state directory, the page's "
+        "port is taken)",
     )
     p.add_argument("folder", nargs="?", type=Path, default=argparse.SUPPRESS, metavar="FOLDER",
                    help="the folder the camera writes to (or set folder in the config file)")  # fmt: skip
     p.add_argument("--config", type=Path, metavar="FILE.toml", help="TOML file with any of the options below")
+    groups = {key: p.add_argument_group(title) for key, title in OPTION_GROUPS.items()}
     for option in OPTIONS:
         kwargs: dict[str, Any] = {"help": option.help, "default": argparse.SUPPRESS, "dest": option.name}
         if option.kind == "bool":
@@ -100,7 +105,7 @@ def _add_watch(subparsers: Any) -> None:
             kwargs["choices"] = option.choices
         else:
             kwargs.update(type=_FLAG_TYPES[option.kind], metavar=option.metavar)
-        p.add_argument(*option.flags, **kwargs)
+        groups[option.group].add_argument(*option.flags, **kwargs)
     p.set_defaults(run=_run_watch)
 
 
@@ -128,9 +133,38 @@ def _run_watch(args: argparse.Namespace) -> int:
         except StartupError as exc:
             log.info("not started: %s", exc)  # stderr gets it once, from the usage error below
             raise UsageError(str(exc)) from exc
-        if daemon.web is not None:  # stderr, not the log: the operator needs the address (a free port is random)
-            print(f"operator page: {daemon.web.url}", file=sys.stderr, flush=True)
+        # stderr, not only the log: whoever started it sees what runs, and the page's address (a free port is random)
+        for line in startup_lines(daemon):
+            print(line, file=sys.stderr, flush=True)
         return _serve(daemon)
+
+
+def startup_lines(daemon: Any) -> list[str]:
+    """What a started daemon runs: the folder, each model with its thresholds, the backend, the state
+    directory, and (last, where the eye lands) the operator page's address."""
+    from .watcher import FALLBACK_POLL_SECONDS
+
+    config = daemon.config
+    folder = "the folder" if config.redact_identifiers else str(config.folder)
+    how = "file events" if daemon.watcher.mode == "native" else f"polling every {config.poll or FALLBACK_POLL_SECONDS:g} s"
+    reach = "with sub-folders" if config.recursive else "top level only"
+    lines = [f"watching {folder} ({how}, {reach})"]
+    scorer = daemon.scoring.scorer
+    default = getattr(scorer, "default", scorer)  # a ModelRouter speaks for several models
+    lines.append(f"model: {_model_line(default, getattr(default, 'name', type(default).__name__))}")
+    for kind, key, model in getattr(scorer, "rules", ()):
+        lines.append(f"{kind} {key!r}: {_model_line(model, str(getattr(model, 'file', None) or model))}")
+    lines.append(f"backend: {daemon.scoring.backend}")
+    lines.append(f"ledger and log: {config.state_dir}")
+    if daemon.web is not None:
+        lines.append(f"operator page: {daemon.web.url}")
+    return lines
+
+
+def _model_line(model: Any, label: str) -> str:
+    thresholds = getattr(model, "thresholds", None)
+    untrained = "" if getattr(model, "trained", True) else " (UNTRAINED: its grades are meaningless)"
+    return label + untrained + (f"; {thresholds.describe()}" if thresholds is not None else "")
 
 
 def _serve(daemon: Any) -> int:
@@ -163,22 +197,29 @@ def _add_demo(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo",
         help="watch a simulated camera: captures arrive about once a second and are graded live",
-        description="Start the daemon on a temporary folder and play a fundus camera into it: real and synthetic "
-        "photos, clean and degraded, written the way cameras write. Prints each verdict, serves the operator "
-        "page, and ends with a summary. Works offline; everything it writes is removed at the end.",
+        description="Start the daemon on a temporary folder and play a fundus camera into it: synthetic fundi, "
+        "clean and with defects made to be graded Good, Usable or Reject (and the real sample photos, when "
+        "`pyfundus data fetch-samples` has fetched them), written the way cameras write. Prints each verdict, "
+        "serves the operator page and prints a summary. On a terminal the page then stays open until Ctrl-C; "
+        "otherwise (a script) the demo ends after the summary. Works offline; everything it writes is removed "
+        "at the end.",
+        epilog="exit status: 0 every capture got its verdict; 1 a capture got none",
     )
     p.add_argument("--port", type=port_number, default=0, help="operator page port (default: a free one)")
     p.add_argument("--no-web", dest="web", action="store_false", help="no operator page")
-    p.add_argument("--duration", type=positive_seconds, metavar="S", help="stop the camera after S seconds")
+    p.add_argument("--duration", type=positive_seconds, metavar="S",
+                   help="stop the camera after S seconds (it takes new captures until then), then end after the "
+                   "summary, also on a terminal")  # fmt: skip
     p.add_argument("--count", type=positive_count, metavar="N",
-                   help="captures to take (default: one pass over the built-in sequence, 13)")  # fmt: skip
+                   help="captures to take (default: one pass over the demo's shots)")  # fmt: skip
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(count=args.count, duration=args.duration, web=args.web, port=args.port,
+    keep_open = sys.stdout.isatty() and args.duration is None  # a person is watching: leave the page up for them
+    return run_demo(count=args.count, duration=args.duration, web=args.web, port=args.port, keep_open=keep_open,
                     scorer=getattr(args, "scorer", None))  # fmt: skip
 
 

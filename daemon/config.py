@@ -20,10 +20,21 @@ from pyfundus.verdicts import OUTCOMES
 from .errors import ConfigError
 from .statedir import default_state_dir
 
+# The headings ``watch --help`` lists the options under, in order; every option names one.
+OPTION_GROUPS: dict[str, str] = {
+    "folder": "the watched folder and the state directory",
+    "model": "model and scoring",
+    "output": "output, log and privacy",
+    "timing": "timing and queue",
+    "web": "operator page (also /healthz and /metrics)",
+    "alerts": "alerts and reject actions (all off until configured)",
+}
+
 
 @dataclass(frozen=True)
 class Option:
-    """One setting. ``kind`` drives both the flag's parser and the config-file check."""
+    """One setting. ``kind`` drives both the flag's parser and the config-file check; ``group`` is its
+    heading in ``--help`` (a key of OPTION_GROUPS)."""
 
     name: str
     kind: str  # path, seconds, count, port, score (0-100), bool, text, globs, choice, classes (list of choices),
@@ -32,6 +43,11 @@ class Option:
     metavar: str | None = None
     choices: tuple[str, ...] = ()
     alias: str | None = None  # a shorter flag, e.g. --port for --web-port
+    group: str = ""
+
+    def __post_init__(self) -> None:
+        if self.group not in OPTION_GROUPS:
+            raise ValueError(f"option {self.name}: group must be one of {', '.join(OPTION_GROUPS)}, got {self.group!r}")
 
     @property
     def flags(self) -> tuple[str, ...]:
@@ -40,71 +56,86 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("state_dir", "path", "ledger, lock and log folder "
-           "(default: $PYFUNDUS_STATE_DIR or ~/.local/state/pyfundus)", "DIR"),
+           "(default: $PYFUNDUS_STATE_DIR or ~/.local/state/pyfundus)", "DIR", group="folder"),
     Option("poll", "seconds", "poll the folder every SECONDS instead of using file events "
-           "(network shares: SMB, NFS)", "SECONDS"),
-    Option("recursive", "bool", "also watch sub-folders"),
+           "(network shares: SMB, NFS)", "SECONDS", group="folder"),
+    Option("recursive", "bool", "also watch sub-folders", group="folder"),
     Option("ignore", "globs", "ignore file names (or relative paths) matching GLOB; repeatable, adds to the built-in "
-           "temporary-file patterns", "GLOB"),
-    Option("sidecars", "path", "write one JSON verdict per capture into DIR (mirrors the folder layout)", "DIR"),
-    Option("model", "text", "registered model name or .safetensors file (default: shipped model)", "NAME|PATH"),
+           "temporary-file patterns", "GLOB", group="folder"),
+    Option("sidecars", "path", "write one JSON verdict per capture into DIR (mirrors the folder layout)", "DIR",
+           group="output"),
+    Option("model", "text", "registered model name or .safetensors file (default: shipped model)", "NAME|PATH",
+           group="model"),
     Option("camera_models", "models", "score this camera's captures with their own model (a site model from "
            "pyfundus adapt); KEY is the camera as verdicts name it; repeatable (in the config file: a table)",
-           "KEY=FILE"),
+           "KEY=FILE", group="model"),
     Option("folder_models", "models", "score the captures in this sub-folder with their own model (for cameras "
            "whose files do not name them); wins over --camera-model; repeatable (in the config file: a table)",
-           "SUBFOLDER=FILE"),
-    Option("device", "text", "cpu, cuda, cuda:N or auto (default: cpu)", "DEVICE"),
+           "SUBFOLDER=FILE", group="model"),
+    Option("device", "text", "cpu, cuda, cuda:N or auto (default: cpu)", "DEVICE", group="model"),
     Option("backend", "choice", "runtime: torch, onnxruntime, tensorrt or auto (default: torch; for .onnx/.engine "
            "models, the file's runtime)", None,
-           ("torch", "onnxruntime", "tensorrt", "auto")),
+           ("torch", "onnxruntime", "tensorrt", "auto"), group="model"),
     Option("precision", "choice", "fp32, fp16 or bf16 (default: fp32 on CPU, fp16 on CUDA; bf16 is the fast one on "
-           "CPUs with AMX or AVX512-BF16)", None, ("fp32", "fp16", "bf16")),
+           "CPUs with AMX or AVX512-BF16)", None, ("fp32", "fp16", "bf16"), group="model"),
     Option("compile", "bool", "torch.compile the torch backend: start-up takes about a minute longer (it compiles "
-           "for one image and for batches), scoring then runs faster (see benchmarks/RESULTS.md)"),
-    Option("batch_size", "count", "most images per model call (default: 8)", "N"),
+           "for one image and for batches), scoring then runs faster (see benchmarks/RESULTS.md)", group="model"),
+    Option("batch_size", "count", "most images per model call (default: 8)", "N", group="model"),
+    Option("remote", "text", "score on this scoring server (pyfundus serve), e.g. http://127.0.0.1:8000/score; the "
+           "local model scores when it is unreachable or slow. Each capture's bytes (which hold patient data) "
+           "go to it: use a server on this machine or an https:// URL on a network you trust", "URL", group="model"),
+    Option("remote_timeout", "seconds", "how long the scoring server has for the whole of one capture before the "
+           "local model scores it instead (default: 2)", "SECONDS", group="model"),
     Option("reject_below", "score", "grade Reject below this score (default: the threshold stored with the model)",
-           "SCORE"),
+           "SCORE", group="model"),
     Option("good_from", "score", "grade Good from this score up (default: the threshold stored with the model)",
-           "SCORE"),
-    Option("json", "bool", "print one JSON object per verdict instead of a text line"),
-    Option("redact_identifiers", "bool", "keep file names and patient IDs out of the log"),
-    Option("allow_inside_folder", "bool", "allow the state or sidecar folder inside the watched folder"),
-    Option("debounce", "seconds", "quiet time after a file event before looking at the file (default: 0.2)", "SECONDS"),
+           "SCORE", group="model"),
+    Option("json", "bool", "print one JSON object per verdict instead of a text line", group="output"),
+    Option("redact_identifiers", "bool", "keep file names and patient IDs out of the log", group="output"),
+    Option("allow_inside_folder", "bool", "allow the state or sidecar folder inside the watched folder",
+           group="folder"),
+    Option("debounce", "seconds", "quiet time after a file event before looking at the file (default: 0.2)",
+           "SECONDS", group="timing"),
     Option("settle", "seconds", "gap between the two size/mtime looks of the stability check "
-           "(default: 1.0)", "SECONDS"),
+           "(default: 1.0)", "SECONDS", group="timing"),
     Option("incomplete_grace", "seconds", "how long a file that looks cut short may stay unchanged before it is "
-           "scored anyway, as truncated (default: 5)", "SECONDS"),
+           "scored anyway, as truncated (default: 5)", "SECONDS", group="timing"),
     Option("reconcile_interval", "seconds", "full folder scan every SECONDS, catching anything events missed "
-           "(default: 30)", "SECONDS"),
+           "(default: 30)", "SECONDS", group="timing"),
     Option("liveness_interval", "seconds", "how often the file-event observer is checked and restarted "
-           "(default: 1)", "SECONDS"),
-    Option("queue_size", "count", "captures waiting for the scorer before intake waits (default: 64)", "N"),
-    Option("drain_timeout", "seconds", "on SIGTERM, how long to keep scoring queued captures (default: 30)", "SECONDS"),
-    Option("log_level", "choice", "log file level (default: info)", None, ("debug", "info", "warning", "error")),
+           "(default: 1)", "SECONDS", group="timing"),
+    Option("queue_size", "count", "captures waiting for the scorer before intake waits (default: 64)", "N",
+           group="timing"),
+    Option("drain_timeout", "seconds", "on SIGTERM, how long to keep scoring queued captures (default: 30)",
+           "SECONDS", group="timing"),
+    Option("log_level", "choice", "log file level (default: info)", None, ("debug", "info", "warning", "error"),
+           group="output"),
     # The operator page, /healthz and /metrics (web.py).
-    Option("web", "bool", "serve the operator page, /healthz and /metrics (default: on)"),
+    Option("web", "bool", "serve the operator page, /healthz and /metrics (default: on)", group="web"),
     Option("web_host", "text", "address the operator page listens on (default: 127.0.0.1, this machine only; "
-           "any other address shows patient IDs and file names to the network)", "HOST"),
+           "any other address shows patient IDs and file names to the network)", "HOST", group="web"),
     Option("web_port", "port", "operator page port; 0 picks a free one and logs it (default: 8470)", "PORT",
-           alias="--port"),
+           alias="--port", group="web"),
     # Alerts and reject actions (alerts.py, rejects.py): all off until configured.
     Option("alert_on", "classes", "which verdicts trigger the alerts; repeatable (default: Reject and Failed)", "CLASS",
-           OUTCOMES),
+           OUTCOMES, group="alerts"),
     Option("alert_command", "command", "run COMMAND for each alert with the verdict as JSON on its stdin; no shell "
-           "(in the config file: a list of arguments)", "COMMAND"),
-    Option("alert_webhook", "text", "POST each alert as JSON to this http(s) URL, from a background queue", "URL"),
-    Option("alert_desktop", "bool", "show a desktop notification for each alert (needs notify-send)"),
+           "(in the config file: a list of arguments)", "COMMAND", group="alerts"),
+    Option("alert_webhook", "text", "POST each alert as JSON to this http(s) URL, from a background queue", "URL",
+           group="alerts"),
+    Option("alert_desktop", "bool", "show a desktop notification for each alert (needs notify-send)", group="alerts"),
     Option("alert_redact", "bool", "leave file names, patient IDs and DICOM UIDs out of the command's and the "
-           "webhook's JSON (default: on)"),
+           "webhook's JSON (default: on)", group="alerts"),
     Option("alert_timeout", "seconds", "most seconds one command run or webhook request may take (default: 5)",
-           "SECONDS"),
-    Option("alert_attempts", "count", "webhook tries per alert, with doubling pauses from 1 s (default: 4)", "N"),
+           "SECONDS", group="alerts"),
+    Option("alert_attempts", "count", "webhook tries per alert, with doubling pauses from 1 s (default: 4)", "N",
+           group="alerts"),
     Option("reject_action", "choice", "copy or move captures graded Reject into --reject-folder once their verdict "
-           "is saved (default: off; the camera's files are never touched)", None, ("off", "copy", "move")),
-    Option("reject_folder", "path", "where --reject-action puts rejected captures", "DIR"),
+           "is saved (default: off; the camera's files are never touched)", None, ("off", "copy", "move"),
+           group="alerts"),
+    Option("reject_folder", "path", "where --reject-action puts rejected captures", "DIR", group="alerts"),
     Option("enhance_usable", "path", "write an enhanced copy of each capture graded Usable into DIR (pyfundus enhance; "
-           "outside the watched folder), shown beside it on the operator page (default: off)", "DIR"),
+           "outside the watched folder), shown beside it on the operator page (default: off)", "DIR", group="output"),
 )  # fmt: skip
 
 
@@ -124,6 +155,8 @@ class WatchConfig:
     precision: str | None = None
     compile: bool = False
     batch_size: int = 8
+    remote: str | None = None
+    remote_timeout: float = 2.0
     reject_below: float | None = None
     good_from: float | None = None
     json: bool = False
@@ -172,6 +205,8 @@ class WatchConfig:
             raise ConfigError(f"--reject-action {self.reject_action} needs --reject-folder DIR")
         if self.alert_webhook is not None and not self.alert_webhook.startswith(("http://", "https://")):
             raise ConfigError(f"alert_webhook must be an http:// or https:// URL, got {self.alert_webhook!r}")
+        if self.remote is not None and not self.remote.startswith(("http://", "https://")):
+            raise ConfigError(f"remote must be an http:// or https:// URL, got {self.remote!r}")
         root = Path(os.path.realpath(self.folder))
         if not self.allow_inside_folder:
             outputs = (("state directory", self.state_dir), ("sidecar folder", self.sidecars),
@@ -187,7 +222,7 @@ class WatchConfig:
 
 
 # Every WatchConfig field is settable from the file; tests check the two lists agree.
-CONFIG_KEYS = {option.name: option for option in OPTIONS} | {"folder": Option("folder", "path", "")}
+CONFIG_KEYS = {option.name: option for option in OPTIONS} | {"folder": Option("folder", "path", "", group="folder")}
 
 
 def load_config(flags: dict[str, Any], config_file: Path | None = None) -> WatchConfig:

@@ -63,7 +63,8 @@ _SCHEMA = (
         camera TEXT,                        -- maker and model, from DICOM or EXIF
         model_sha256 TEXT,                  -- the weights that scored it
         feedback TEXT,                      -- the operator's latest word: fine or retake (history in labels)
-        feedback_at REAL
+        feedback_at REAL,
+        scored_by TEXT                      -- local, or the scoring server's URL (watch --remote)
     )""",
     """CREATE TABLE IF NOT EXISTS labels (
         sha256 TEXT NOT NULL REFERENCES captures (sha256) ON DELETE CASCADE,
@@ -88,12 +89,12 @@ _SCHEMA = (
 
 _VERDICT_COLUMNS = (
     "state", "score", "quality_class", "probabilities", "reason", "causes", "camera", "eye", "patient_id",
-    "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "timing_ms", "warnings", "error",
-    "scored_at",
+    "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "scored_by", "timing_ms",
+    "warnings", "error", "scored_at",
 )  # fmt: skip
 # Columns added after the first release: a ledger from before gets them on its first read-write open.
 _ADDED_COLUMNS = {"reject_copy": "TEXT", "camera": "TEXT", "model_sha256": "TEXT", "feedback": "TEXT",
-                  "feedback_at": "REAL"}  # fmt: skip
+                  "feedback_at": "REAL", "scored_by": "TEXT"}  # fmt: skip
 _JSON_COLUMNS = ("probabilities", "causes", "timing_ms", "warnings")
 
 # Claim outcomes.

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyfundus.verdicts import FAILED_STATE, PENDING, SCORED, ScoreResult, iso_time
+from pyfundus.verdicts import FAILED_STATE, LOCAL, PENDING, SCORED, ScoreResult, iso_time
 
 
 class Hint(enum.Enum):
@@ -98,6 +98,8 @@ class Verdict(ScoreResult):
             model_sha256=getattr(result, "model_sha256", None),
             trained=getattr(result, "trained", None),
             backend=backend,
+            # A result made here without a scorer (a crashed batch, a capture given up on) was decided here.
+            scored_by=getattr(result, "scored_by", None) or LOCAL,
             timing_ms=timing,
             warnings=list(getattr(result, "warnings", None) or []),
             error=error,

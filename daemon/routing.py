@@ -71,6 +71,13 @@ class ModelRouter:
         return seen
 
     @property
+    def rules(self) -> list[tuple[str, str, Any]]:
+        """(kind, key, model) of every rule, sub-folders first (they win over cameras)."""
+        return [("folder", key, model) for key, model in self._folders] + [
+            ("camera", key, model) for key, model in self._cameras.items()
+        ]
+
+    @property
     def mapped_cameras(self) -> set[str]:
         """Camera keys that have a model of their own."""
         return set(self._cameras)

@@ -89,10 +89,10 @@ def load_scorer(
     except (ValueError, FileNotFoundError, RuntimeError, ImportError) as exc:
         raise StartupError(f"cannot load the model: {exc}") from exc
     log.info("scoring with %s", scorer.backend_description)
-    log.info(
-        "thresholds: Reject below %.1f, Good from %.1f (%s)", scorer.thresholds.reject_below,
-        scorer.thresholds.good_from, "calibrated with the model" if scorer.thresholds.calibrated else "set by hand",
-    )  # fmt: skip
+    # The same words as the start-up lines and pyfundus score's summary; a model file without thresholds
+    # grades with the defaults, which are not calibrated (not "set by hand").
+    moved = reject_below is not None or good_from is not None
+    log.info("thresholds: %s%s", scorer.thresholds.describe(), "; set for this site" if moved else "; the model's")
     if not scorer.trained:
         log.warning("model %s has NO trained weights: every score is meaningless (plumbing only)", scorer.name)
         # Said once here, for this model only; each verdict also records trained=false.
@@ -106,12 +106,16 @@ def load_scorer(
 def load_models(config: Any, root: str) -> Scorer:
     """The default model, and a :class:`~.routing.ModelRouter` over it when the config maps cameras or
     sub-folders to models of their own. Each model file is loaded once; the hand-set thresholds
-    (``reject_below``/``good_from``) apply to the default model, a site model keeps those it was fitted with."""
+    (``reject_below``/``good_from``) apply to the default model, a site model keeps those it was fitted with.
+    With a scoring server (``remote``), the default model is its fallback (:class:`~.remote.RemoteScorer`):
+    the server stands in for the default model, never for a camera's own model."""
     from .routing import ModelRouter, Route, describe_routes
 
     options = {"device": config.device, "backend": config.backend, "precision": config.precision,
                "compile": config.compile}  # fmt: skip
     default = load_scorer(config.model, **options, reject_below=config.reject_below, good_from=config.good_from)
+    if config.remote:
+        default = remote_scorer(config.remote, default, timeout=config.remote_timeout)
     if not config.camera_models and not config.folder_models:
         return default
     loaded: dict[str, Scorer] = {}
@@ -127,6 +131,26 @@ def load_models(config: Any, root: str) -> Scorer:
     for line in describe_routes(routes):
         log.info("route: %s", line)
     return ModelRouter(default, routes, root)
+
+
+def remote_scorer(url: str, local: Scorer, *, timeout: float) -> Scorer:
+    """The scoring server at ``url`` with ``local`` as its fallback; says where captures go and whether the
+    server's model is the fallback's (verdicts would otherwise differ by where they were scored)."""
+    from .remote import RemoteScorer, is_loopback
+
+    scorer = RemoteScorer(url, local, timeout=timeout)
+    if not is_loopback(url):
+        log.warning("each capture's bytes (patient data) are sent to %s%s", url,
+                    "" if url.startswith("https://") else ", unencrypted: use https:// beyond a network you trust")
+    server = scorer.describe_server()
+    if server is not None:
+        log.info("scoring server %s: %s, %s (pyfundus %s)", url, server.get("model"), server.get("backend"),
+                 server.get("version"))  # fmt: skip
+        if server.get("model_sha256") != getattr(local, "sha256", None):
+            log.warning("the scoring server's model (%s, sha256 %s) is not the local fallback %s: a capture's "
+                        "verdict depends on where it was scored", server.get("model"), server.get("model_sha256"),
+                        local.name)  # fmt: skip
+    return scorer
 
 
 def warm_up(scorer: Scorer, *, batches: bool = False) -> None:

@@ -100,6 +100,11 @@ class VerdictPrinter:
         self.stream.write(self.format(verdict) + "\n")
         self.stream.flush()  # a pipe would otherwise hold lines back while the patient waits
 
+    @staticmethod
+    def header(name_width: int) -> str:
+        """Column titles for text lines whose file names are ``name_width`` characters wide (the demo's are)."""
+        return f"{'time':<19}  {'file':<{name_width}}  {'score':>5}  {'grade':<7}  eye  reason"
+
     def format(self, verdict: Verdict) -> str:
         if self.json_lines:
             return json.dumps(self.names.record(verdict))

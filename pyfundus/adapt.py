@@ -195,6 +195,7 @@ def adapt(
         say(f"resuming at step {step}" + (f" of {planned}" if planned else ""))
     amp = _amp_dtype(config.device)
     causes = list(base.config.causes)
+    n_check = len(check) + len(calibration)
     with progress_bar(planned or config.steps, initial=step, desc="adapting", unit="step", enabled=progress) as bar:
         while step < (planned or config.steps):
             if stop_at is not None and step >= stop_at:
@@ -214,12 +215,19 @@ def adapt(
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            step_seconds = time.perf_counter() - t0
             if planned is None and step == min(2, config.steps):  # the first steps time the rest
-                planned = _plan(config, started, time.perf_counter() - t0, len(check) + len(calibration), say)
+                planned = _plan(config, started, step_seconds, n_check, say)
                 bar.total = planned
                 bar.refresh()
             if step % 50 == 0 or step == planned:
                 _save_state(work / STATE_FILE, network, optimizer, step, planned, identity)
+            if step < (planned or config.steps) and _time_left(config, started, step_seconds, n_check) < step_seconds:
+                # The plan assumed the first steps' pace; a machine that slowed down must not overrun the budget.
+                _save_state(work / STATE_FILE, network, optimizer, step, planned, identity)
+                say(f"the {config.minutes:g}-minute budget ran out at step {step} of {planned or config.steps} "
+                    f"(steps slowed to {step_seconds:.2f} s: other work on this machine?)")  # fmt: skip
+                break
     network.eval()
 
     before = _evaluate(base.network, base.thresholds, check, spec, config.device)
@@ -417,12 +425,16 @@ def _amp_dtype(device: str):
     return torch.bfloat16 if cpu_has_native_bf16() else None
 
 
+def _time_left(config: AdaptConfig, started: float, step_seconds: float, n_check: int) -> float:
+    """Seconds of the budget left for training, keeping time for the final checks at the current pace."""
+    checking = 2.5 * n_check * step_seconds / config.batch_size + 5.0  # two models score the check pool
+    return config.minutes * 60.0 - (time.monotonic() - started) - checking
+
+
 def _plan(config: AdaptConfig, started: float, step_seconds: float, n_check: int, say) -> int:
     """Steps that fit the time budget after what has been spent, leaving time for the final checks."""
-    spent = time.monotonic() - started
-    checking = 2.5 * n_check * step_seconds / config.batch_size + 5.0  # two models score the check pool
-    left = config.minutes * 60.0 - spent - checking
-    steps = int(max(3, min(config.steps, left // step_seconds)))
+    left = _time_left(config, started, step_seconds, n_check)
+    steps = int(min(config.steps, max(3, left // step_seconds)))  # at least 3 when asked for, never more
     say(f"{step_seconds:.2f} s a step: {steps} steps fit the {config.minutes:g}-minute budget"
         + ("" if steps == config.steps else f" (of {config.steps} asked for)"))  # fmt: skip
     return steps

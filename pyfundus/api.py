@@ -22,7 +22,7 @@ from .models import create_model, is_classical, is_model, list_models, model_tas
 from .paths import sha256_file
 from .preprocess import NoFundusError, preprocess
 from .verdicts import ScoreResult, reason_for
-from .weights import InputSpec, ModelConfig, load_weights
+from .weights import DEFAULT_MODEL, WEIGHTS_DIR, InputSpec, ModelConfig, load_weights
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -38,8 +38,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "fthnet_s"
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 class UntrainedModelWarning(UserWarning):

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .errors import NothingToScore
 from .grading import Thresholds
 from .metrics import accuracy, calibrate_thresholds, quadratic_weighted_kappa
 from .verdicts import CLASSES
@@ -44,7 +45,7 @@ def calibrate_site(
     results = model.score(paths, batch_size=batch_size, progress=progress)
     scored = [(r.score, level) for r, level in zip(results, levels) if r.score is not None]
     if len({level for _, level in scored}) < 2:
-        raise ValueError("fewer than two classes have a capture that could be scored")
+        raise NothingToScore("fewer than two classes have a capture that could be scored")
     scores = np.array([score for score, _ in scored])
     true = [level for _, level in scored]
     current = model.thresholds

@@ -14,8 +14,16 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import EXIT_USAGE, UsageError
-from .paths import expand_paths
+from .distributed.cli import add_engine_options, refuse_ray_options
+from .errors import (
+    EXIT_NOTHING_SCORED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    NothingToScore,
+    UsageError,
+)
 from .progress import progress_bar
 from .version import __version__
 
@@ -32,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pyfundus: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NothingToScore as exc:
+        print(f"pyfundus: {exc}", file=sys.stderr)
+        return EXIT_NOTHING_SCORED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cleaq_cli import add_commands as add_cleaq_commands  # enhance, grade
 
     add_cleaq_commands(commands)
+    from .distributed.cli import add_commands as add_distributed_commands  # serve
+
+    add_distributed_commands(commands)
     return parser
 
 
@@ -63,11 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_score(commands) -> None:
+    shipped = _shipped_thresholds()
     p = commands.add_parser(
         "score",
         help="score fundus photographs (files, folders, globs)",
-        description="Score each image 0-100 and grade it Good / Usable / Reject. "
-        "Per-file problems are reported per file; the exit status is non-zero only for usage errors.",
+        description="Score each image 0-100 and grade it Good / Usable / Reject by the model's thresholds"
+        + (f" (the shipped model's: {shipped.describe()})" if shipped else "")
+        + ". Every file gets one record; a file that cannot be scored gets one with the reason. In folders and "
+        "patterns, hidden files and files that are never captures (*.json, *.txt, *.csv, *.xml, Thumbs.db, ...) "
+        "are skipped and counted.",
+        epilog="exit status: 0 every input scored; 1 some inputs could not be scored (their records say why); "
+        "2 usage error (bad options, a model that cannot load); 3 nothing to score or nothing scored (a missing "
+        "path, a pattern matching nothing, a folder without captures, every file failed)",
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, folders or glob patterns (quote globs)")
     p.add_argument("-m", "--model", default=None, help="registered model name or .safetensors file (default: shipped model)")
@@ -78,14 +99,36 @@ def _add_score(commands) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print one JSON array of records")
     fmt.add_argument("--csv", action="store_true", help="print CSV with a header row")
-    p.add_argument("--reject-below", type=float, help="override the model's Reject threshold (score)")
-    p.add_argument("--good-from", type=float, help="override the model's Good threshold (score)")
+    p.add_argument("--reject-below", type=float, metavar="SCORE",
+                   help="grade Reject below this score (default: the model's own"
+                   + (f"; the shipped model's: {shipped.reject_below:g})" if shipped else ")"))  # fmt: skip
+    p.add_argument("--good-from", type=float, metavar="SCORE",
+                   help="grade Good from this score up (default: the model's own"
+                   + (f"; the shipped model's: {shipped.good_from:g})" if shipped else ")"))  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    add_engine_options(p)
     p.set_defaults(run=_run_score)
 
 
+def _shipped_thresholds():
+    """The shipped model's thresholds, read from its file's header only (no tensors), so --help stays instant."""
+    from .weights import read_config, shipped_weights
+
+    try:
+        return read_config(shipped_weights()).thresholds
+    except (OSError, ValueError):
+        return None  # a broken install: the help says less, loading the model will say why
+
+
 def _run_score(args) -> int:
+    from .inputs import collect_inputs
     from .verdicts import ScoreResult, write_csv
+
+    if args.engine == "ray":
+        from .distributed.cli import score_on_ray
+
+        return score_on_ray(args, collect_inputs(args.paths, recursive=args.recursive).entries)
+    refuse_ray_options(args)
 
     model = _load_model_for_cli(
         args.model, args.device, args.reject_below, args.good_from,
@@ -93,8 +136,8 @@ def _run_score(args) -> int:
     )  # fmt: skip
     if args.backend == "auto":
         print(f"backend: {model.backend_description}", file=sys.stderr)
-    entries = expand_paths(args.paths, recursive=args.recursive)
-    targets = [path for path, problem in entries if problem is None]
+    inputs = collect_inputs(args.paths, recursive=args.recursive)
+    targets = inputs.files
     if not model.trained:
         print(f"WARNING: {model.name} has no trained weights; every score below is meaningless.", file=sys.stderr)
         model.warn_untrained = False  # the banner above said it
@@ -105,7 +148,7 @@ def _run_score(args) -> int:
     ordered = [
         scored[path] if problem is None
         else ScoreResult(path=path, model=model.name, trained=model.trained, error=f"{path}: {problem}")
-        for path, problem in entries
+        for path, problem in inputs.entries
     ]
     if args.json:
         json.dump([r.to_dict() for r in ordered], sys.stdout, indent=2)
@@ -114,7 +157,15 @@ def _run_score(args) -> int:
         write_csv((r.to_dict() for r in ordered), sys.stdout)
     else:
         _write_table(ordered, sys.stdout)
-    return 0
+    n_scored = sum(scored[path].score is not None for path in targets)
+    n_failed = len(targets) - n_scored
+    for path, problem in inputs.nothing_found:
+        print(f"pyfundus: {path}: {problem}", file=sys.stderr)
+    print(f"pyfundus: {n_scored} scored, {n_failed} failed, {len(inputs.skipped)} skipped (not captures); "
+          f"{model.name}: {model.thresholds.describe()}", file=sys.stderr)  # fmt: skip
+    if inputs.nothing_found or n_scored == 0:
+        return EXIT_NOTHING_SCORED
+    return EXIT_SOME_FAILED if n_failed else EXIT_OK
 
 
 # ---- pyfundus calibrate ---------------------------------------------------------
@@ -127,6 +178,9 @@ def _add_calibrate(commands) -> None:
         description="Score captures your graders have sorted by class and print the thresholds that best reproduce "
         "their grades (quadratic-weighted kappa, then accuracy), next to how the model's stored thresholds do. "
         "Pass them to pyfundus score / pyfundus watch with --reject-below and --good-from.",
+        epilog="exit status: 0 thresholds fitted, every capture scored; 1 fitted from the others, some captures "
+        "could not be scored (the report lists them); 2 usage error, or fewer than two classes given; 3 a graded "
+        "path gives no capture, or fewer than two classes have a capture that could be scored",
     )
     p.add_argument("--good", nargs="+", default=[], metavar="PATH", help="captures graded Good (files or folders)")
     p.add_argument("--usable", nargs="+", default=[], metavar="PATH", help="captures graded Usable")
@@ -143,22 +197,21 @@ def _add_calibrate(commands) -> None:
 def _run_calibrate(args) -> int:
     from .calibration import calibrate_site
 
-    graded = {
-        level: [path for path, problem in expand_paths(arguments, args.recursive) if problem is None]
-        for level, arguments in (("Good", args.good), ("Usable", args.usable), ("Reject", args.reject))
-        if arguments
-    }
+    graded = _graded_captures(args)
     model = _load_model_for_cli(args.model, args.device, None, None)
     total = sum(len(paths) for paths in graded.values())
     with progress_bar(total, desc="scoring", unit="img", enabled=not args.no_progress and total > 1) as bar:
         try:
             report = calibrate_site(model, graded, batch_size=args.batch_size, progress=bar.update)
+        except NothingToScore:
+            raise
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+    status = EXIT_SOME_FAILED if report["failures"] else EXIT_OK
     if args.json:
         json.dump(report, sys.stdout, indent=2)
         sys.stdout.write("\n")
-        return 0
+        return status
     print(f"{report['n_scored']} captures scored with {report['model']}")
     for level, r in report["per_class"].items():
         print(f"  {level:<7} n={r['n']:<4} scores {r['min']:5.1f} .. {r['max']:5.1f} (median {r['median']:.1f})")
@@ -173,7 +226,22 @@ def _run_calibrate(args) -> int:
     fit = report["suggested"]
     print(f"use: --reject-below {fit['reject_below']:g} --good-from {fit['good_from']:g} "
           f"(config file: reject_below = {fit['reject_below']:g}, good_from = {fit['good_from']:g})")  # fmt: skip
-    return 0
+    return status
+
+
+def _graded_captures(args) -> dict[str, list[str]]:
+    """calibrate's and adapt's --good/--usable/--reject, expanded; an argument that gives no capture
+    (a typo, an unmounted share) stops the command before anything is scored."""
+    from .inputs import collect_inputs
+
+    graded, nothing = {}, []
+    for level, arguments in (("Good", args.good), ("Usable", args.usable), ("Reject", args.reject)):
+        inputs = collect_inputs(arguments, args.recursive)
+        graded[level] = inputs.files
+        nothing += [f"{path} (--{level.lower()}): {problem}" for path, problem in inputs.nothing_found]
+    if nothing:
+        raise NothingToScore("nothing to score at " + "; ".join(nothing))
+    return graded
 
 
 def _add_backend_options(p) -> None:
@@ -201,12 +269,25 @@ def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, 
 
 
 def _write_table(results, stream) -> None:
-    width = max((len(r.path or "") for r in results), default=4)
-    stream.write(f"{'path':<{width}}  {'score':>6}  {'class':<7}  {'eye':<3}  note\n")
+    width = max((display_width(r.path or "") for r in results), default=4)
+    stream.write(f"{_pad('path', width)}  {'score':>6}  {'class':<7}  {'eye':<3}  note\n")
     for r in results:
         score = f"{r.score:6.1f}" if r.score is not None else "     -"
         note = r.error or "; ".join(([r.reason] if r.reason else []) + r.warnings)
-        stream.write(f"{r.path:<{width}}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}\n")
+        stream.write(f"{_pad(r.path, width)}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}".rstrip() + "\n")
+
+
+def display_width(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (CJK) characters take two, combining marks none."""
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1 for ch in text
+    )
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - display_width(text))
 
 
 # ---- pyfundus adapt -----------------------------------------------------------
@@ -221,6 +302,9 @@ def _add_adapt(commands) -> None:
         "training data replayed; refit the thresholds; check the result before and after on captures held back; "
         "write a site model (refused if it grades the held-back captures worse than the base model). Then run "
         "`pyfundus watch --model SITE.safetensors` (or map your camera to it in the config file).",
+        epilog="exit status: 0 site model written; 2 usage error, or no good capture given; 3 a --good/--usable/"
+        "--reject path gives no capture; 4 refused: the site model checks worse than the base model (--force "
+        "writes it)",
     )
     p.add_argument("--good", nargs="+", default=[], metavar="PATH", help="captures the site judges good (files or folders)")
     p.add_argument("--usable", nargs="+", default=[], metavar="PATH", help="captures the site judges Usable (optional)")
@@ -253,10 +337,7 @@ def _add_adapt(commands) -> None:
 def _run_adapt(args) -> int:
     from .adapt import AdaptConfig, AdaptRefused, adapt, read_captures
 
-    graded = {
-        level: [path for path, problem in expand_paths(arguments, args.recursive) if problem is None]
-        for level, arguments in (("Good", args.good), ("Usable", args.usable), ("Reject", args.reject))
-    }
+    graded = _graded_captures(args)
     if args.from_ledger is not None:
         from .daemon.feedback import graded_from_ledger
 
@@ -291,9 +372,6 @@ def _run_adapt(args) -> int:
         raise UsageError(str(exc)) from exc
     _print_adapt(report, args.json)
     return 0
-
-
-EXIT_REFUSED = 3  # adapt: the site model would grade worse than the base model, so it was not written
 
 
 def _print_adapt(report: dict, as_json: bool) -> None:
@@ -331,6 +409,7 @@ def _add_data(commands) -> None:
     fetch = sub.add_parser(
         "fetch-samples",
         help="fetch the real sample fundus photos (pinned PyPI sdist, sha256-checked) into the cache",
+        epilog="exit status: 0 fetched (or already there and intact); 1 the fetch failed, and nothing was changed",
     )
     fetch.add_argument("--dest", type=Path, help="folder to put them in (default: the pyfundus cache)")
     fetch.add_argument("--force", action="store_true", help="fetch again even if present and intact")
@@ -356,6 +435,9 @@ def _add_data(commands) -> None:
         help="keep each source's own rendering (default: a random camera per variant: colour, tone curve, "
         "optical softness and resolution, storage; label-neutral, see pyfundus.data.camera)",
     )
+    proxy.add_argument("--focus", nargs="+", default=[], metavar="TYPE",
+                       help="each degraded variant gets exactly one of these types (to teach the families a model "
+                       "ranks poorly); default: one to three of any type")
     proxy.add_argument("--workers", type=_positive_int, default=2, help="processes (default 2)")
     proxy.set_defaults(run=_run_build_proxy)
     from .cleaq_cli import add_data_commands  # build-pairs
@@ -391,6 +473,7 @@ def _run_build_proxy(args) -> int:
         seed=args.seed,
         clean_fraction=args.clean_fraction,
         camera_looks=args.camera_looks,
+        focus=args.focus,
         workers=args.workers,
     )
     counts = {level: sum(r.level == level for r in records) for level in ("Good", "Usable", "Reject")}

@@ -54,6 +54,11 @@ class Thresholds:
             calibrated=False,
         )
 
+    def describe(self) -> str:
+        """"Reject below 43, Good from 62 (calibrated)": for start-up lines, summaries and --help."""
+        state = "calibrated" if self.calibrated else "not calibrated"
+        return f"Reject below {self.reject_below:g}, Good from {self.good_from:g} ({state})"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

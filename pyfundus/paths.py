@@ -11,20 +11,24 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
-def cache_dir() -> Path:
-    """Return the pyfundus cache folder, creating it on demand.
+def cache_root() -> Path:
+    """The pyfundus cache folder, whether or not it exists yet.
 
     ``$PYFUNDUS_HOME`` if set, else ``$XDG_CACHE_HOME/pyfundus``, else
     ``~/.cache/pyfundus``.
     """
     explicit = os.environ.get("PYFUNDUS_HOME")
     if explicit:
-        root = Path(explicit).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        # The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
-        base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
-        root = base / "pyfundus"
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    # The XDG spec says a relative XDG_CACHE_HOME is invalid and must be ignored.
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
+    return base / "pyfundus"
+
+
+def cache_dir() -> Path:
+    """Return the pyfundus cache folder (:func:`cache_root`), creating it on demand."""
+    root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
     return root
 

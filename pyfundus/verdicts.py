@@ -12,7 +12,7 @@ page and the BRISQUE feature workers all read it.
 from __future__ import annotations
 
 import csv
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any, Iterable, TextIO
 
@@ -36,6 +36,9 @@ ACTIONS: dict[str, str] = {
 
 # A record's state: scored or failed; the daemon's ledger also holds captures still pending.
 SCORED, FAILED_STATE, PENDING = "scored", "failed", "pending"
+
+# ``scored_by`` of a verdict computed in the process that records it.
+LOCAL = "local"
 
 
 def reason_for(quality_class: str | None, causes: dict[str, float] | None) -> str | None:
@@ -70,6 +73,9 @@ class ScoreResult:
     model_sha256: str | None = None  # of the model file that scored it: which weights, exactly
     trained: bool | None = None
     backend: str | None = None  # runtime, precision and device that computed the score
+    # Where the score was computed: "local" (this process), "ray:<node address>/<node id>" (an actor of
+    # `pyfundus score --engine ray`) or a scoring server's URL (`pyfundus watch --remote`).
+    scored_by: str | None = LOCAL
     timing_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
@@ -100,13 +106,20 @@ class ScoreResult:
         record["state"] = self.state
         return {key: record[key] for key in RECORD_FIELDS}
 
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> ScoreResult:
+        """The result a record (``to_dict()``, e.g. a scoring server's answer) stands for; the keys
+        this class has no field for (the ledger's) are left out."""
+        names = {f.name for f in fields(cls)} - {"quality_class", "incomplete"}
+        return cls(quality_class=record.get("class"), **{key: record[key] for key in names if key in record})
+
 
 # The record's keys, in the order JSON output and the CSV columns follow. Fields that do not apply
 # to an output are null: ``pyfundus score`` has no first_seen, a pending ledger row has no score.
 RECORD_FIELDS = (
     "path", "sha256", "state", "score", "class", "probabilities", "reason", "causes", "camera", "eye", "patient_id",
-    "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "timing_ms", "warnings", "error",
-    "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy", "feedback",
+    "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "scored_by", "timing_ms", "warnings",
+    "error", "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy", "feedback",
     "feedback_at",
 )  # fmt: skip
 
@@ -119,8 +132,8 @@ FEEDBACK_LEVEL = dict(zip(FEEDBACK, ("Good", "Reject")))
 # total_ms/latency_ms, lists into ";"-joined text; causes stay in the JSON only.
 CSV_COLUMNS = (
     "path", "sha256", "state", "score", "class", "p_good", "p_usable", "p_reject", "reason", "camera", "eye",
-    "patient_id", "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "total_ms",
-    "latency_ms", "warnings", "error",
+    "patient_id", "study_uid", "sop_instance_uid", "model", "model_sha256", "trained", "backend", "scored_by",
+    "total_ms", "latency_ms", "warnings", "error",
     "first_seen", "scored_at", "duplicate_of", "other_paths", "same_instance_as", "reject_copy", "feedback",
     "feedback_at",
 )  # fmt: skip

@@ -7,6 +7,7 @@ never execute code (unlike pickled checkpoints).
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,11 @@ from .grading import Thresholds
 
 METADATA_KEY = "pyfundus"
 FORMAT_VERSION = 1
+WEIGHTS_DIR = Path(__file__).parent / "weights"  # the shipped models, one .safetensors file per architecture
+DEFAULT_MODEL = "fthnet_s"
+# A safetensors file starts with the header's length (8 bytes, little-endian) and the header, JSON.
+_HEADER_LENGTH = struct.Struct("<Q")
+_MAX_HEADER = 100 * 2**20  # safetensors' own limit
 
 # ImageNet statistics: FTHNet normalises its input as its Swin backbone was pretrained (Gong et al.).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -116,6 +122,32 @@ def save_weights(model, path: str | Path, config: ModelConfig) -> Path:
     return path
 
 
+def shipped_weights(name: str = DEFAULT_MODEL) -> Path:
+    """The file of a shipped model (it may not exist: not every architecture ships weights)."""
+    return WEIGHTS_DIR / f"{name}.safetensors"
+
+
+def read_config(path: str | Path) -> ModelConfig:
+    """A model file's config from its header alone, without reading a tensor (instant, for --help).
+
+    Raises ValueError naming the file when it is no safetensors file or holds no pyfundus config.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(_HEADER_LENGTH.size)
+        (length,) = _HEADER_LENGTH.unpack(head) if len(head) == _HEADER_LENGTH.size else (None,)
+        if length is None or length > _MAX_HEADER:
+            raise ValueError(f"{path}: not a readable safetensors file (no header)")
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a readable safetensors file (header: {exc})") from exc
+    metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else {}
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"{path}: no pyfundus config in the file's metadata; was it saved with pyfundus.save_weights?")
+    return ModelConfig.from_json(metadata[METADATA_KEY])
+
+
 def load_weights(path: str | Path):
     """Returns (state_dict, ModelConfig). Raises ValueError naming the file on any problem."""
     from safetensors import safe_open
@@ -123,14 +155,10 @@ def load_weights(path: str | Path):
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"{path}: only .safetensors weights are loaded (pickled checkpoints can run code)")
+    config = read_config(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
             state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from exc
-    if METADATA_KEY not in metadata:
-        raise ValueError(f"{path}: no pyfundus config in the file's metadata; was it saved with pyfundus.save_weights?")
-    return state, ModelConfig.from_json(metadata[METADATA_KEY])
+    return state, config

@@ -19,6 +19,7 @@ from safetensors import safe_open
 from pyfundus.adapt import AdaptConfig, AdaptRefused, adapt, read_captures
 from pyfundus.cli import main
 from pyfundus.data.synth import generate_fundus
+from pyfundus.errors import EXIT_NOTHING_SCORED, EXIT_REFUSED
 from pyfundus.grading import Thresholds
 from pyfundus.models import create_model
 from pyfundus.verdicts import CAUSES
@@ -113,6 +114,14 @@ def test_resume_ends_with_the_same_weights_bit_for_bit(tmp_path, tiny_base, site
         adapt(captures, changed, resume=True, progress=False)
 
 
+def test_the_time_budget_ends_training_early_when_the_machine_is_slower_than_planned(tmp_path, tiny_base, site_captures):
+    said = []
+    report = adapt(read_captures(site_captures), small(tmp_path / "site.safetensors", tiny_base, steps=500,
+                   minutes=0.02), progress=False, say=said.append)  # fmt: skip
+    assert report["steps"] < 500 and (tmp_path / "site.safetensors").exists()
+    assert any("budget ran out at step" in line for line in said), said
+
+
 def test_a_model_that_checks_worse_is_not_written(tmp_path, site_captures):
     """The shipped model, wrecked by a learning rate thousands of times too high, grades worse than itself."""
     out = tmp_path / "wrecked.safetensors"
@@ -128,7 +137,7 @@ def test_a_model_that_checks_worse_is_not_written(tmp_path, site_captures):
     assert written["worse_than_base"] is True and out.exists()  # --force writes it, and says it is worse
 
 
-def test_the_command_exits_3_and_writes_nothing_when_refused(tmp_path, tiny_base, site_captures, monkeypatch, capsys):
+def test_the_command_exits_4_and_writes_nothing_when_refused(tmp_path, tiny_base, site_captures, monkeypatch, capsys):
     from pyfundus import adapt as adapt_module
 
     verdicts = iter([{"qwk": 0.5, "srcc": 0.5}, {"qwk": 0.4, "srcc": 0.9}])  # before, after
@@ -136,13 +145,16 @@ def test_the_command_exits_3_and_writes_nothing_when_refused(tmp_path, tiny_base
     out = tmp_path / "x.safetensors"
     argv = ["adapt", "--good", *map(str, site_captures["Good"]), "--model", str(tiny_base), "--out", str(out),
             "--steps", "2", "--variants", "4", "--json", "--no-progress"]  # fmt: skip
-    assert main(argv) == 3 and not out.exists()
+    assert main(argv) == EXIT_REFUSED == 4 and not out.exists()
     assert json.loads(capsys.readouterr().out)["worse_than_base"] is True
 
 
 def test_adapt_needs_a_good_capture(tmp_path, tiny_base, site_captures, capsys):
     assert main(["adapt", "--reject", str(site_captures["Reject"][0]), "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "at least one capture the site judges good" in capsys.readouterr().err
+    missing = tmp_path / "good-captures"
+    assert main(["adapt", "--good", str(missing), "--out", str(tmp_path / "x.safetensors")]) == EXIT_NOTHING_SCORED
+    assert f"{missing} (--good): no such file or directory" in capsys.readouterr().err
     with pytest.raises(ValueError, match="tune must be"):
         AdaptConfig(out="x", tune="everything")
 
@@ -160,3 +172,26 @@ def test_camera_key_from_exif_is_read_without_decoding_twice():
     plain = io.BytesIO()
     Image.fromarray(rgb).save(plain, format="PNG")
     assert read_image(plain.getvalue()).camera == "unknown"
+
+
+def test_the_site_adaptation_check_reports_before_after_and_the_peer_on_fresh_captures(tmp_path, tiny_base, capsys):
+    """scripts/site_adaptation_check.py, the issue's leave-one-camera-out check, end to end on a tiny base."""
+    from script_helpers import load_script
+
+    photos = []
+    for seed in (6, 7):
+        path = tmp_path / f"photo{seed}.png"
+        Image.fromarray(generate_fundus(seed, size=256)[0]).save(path)
+        photos.append(path)
+    check = load_script("site_adaptation_check")
+    out = tmp_path / "loco"
+    assert check.main(["--adapt-on", str(photos[0]), "--test-on", str(photos[1]), "--out", str(out), "--model",
+                       str(tiny_base), "--steps", "2", "--variants", "12", "--test-captures", "10", "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert report == json.loads((out / "report.json").read_text())
+    assert report["optimistic"] is False and report["adapt"]["steps"] == 2
+    for column in ("base", "adapted", "brisque"):
+        assert report[column]["n_scored"] == 10 and report[column]["clean"] >= 1, column
+        assert -1 <= report[column]["srcc"] <= 1 and 0 <= report[column]["clean_good_or_usable"] <= 1
+    assert report["base"]["thresholds"] == [40.0, 70.0]  # the tiny base's, then adapt's refit ones
+    assert report["adapted_meets_targets"] == all(report["adapted"][k] >= v for k, v in check.TARGETS.items())

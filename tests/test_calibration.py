@@ -10,6 +10,7 @@ from sample_helpers import sample_photos
 
 from pyfundus.calibration import calibrate_site
 from pyfundus.cli import main
+from pyfundus.errors import EXIT_NOTHING_SCORED, EXIT_SOME_FAILED, NothingToScore
 from pyfundus.grading import Thresholds
 
 
@@ -66,3 +67,31 @@ def test_calibrate_command_on_real_captures(tmp_path, capsys):
     assert report["suggested"]["qwk"] >= report["current"]["qwk"]
     assert main(["calibrate", "--good", *good, "--no-progress"]) == 2  # one class: a usage error
     assert "at least two classes" in capsys.readouterr().err
+
+
+def test_calibrate_exit_statuses(tmp_path, capsys):
+    from PIL import Image
+    from skimage import data as skdata
+
+    retina = skdata.retina()[::2, ::2]
+    good, reject = tmp_path / "good", tmp_path / "reject"
+    good.mkdir(), reject.mkdir()
+    Image.fromarray(retina).save(good / "a.jpg")
+    Image.fromarray(retina[:, ::-1]).save(good / "b.jpg")
+    Image.fromarray((retina * 0.15).astype("uint8")).save(reject / "dark.jpg")
+    (reject / "broken.jpg").write_bytes((good / "a.jpg").read_bytes()[:2000])
+    argv = ["calibrate", "--good", str(good), "--no-progress"]
+
+    # One capture could not be scored: the report is made from the rest, and says which.
+    assert main([*argv, "--reject", str(reject)]) == EXIT_SOME_FAILED
+    assert "not scored: " in capsys.readouterr().out
+
+    # A graded folder that is not there (a typo, an unmounted share) stops before anything is scored.
+    assert main([*argv, "--reject", str(tmp_path / "rejct")]) == EXIT_NOTHING_SCORED
+    assert f"{tmp_path / 'rejct'} (--reject): no such file or directory" in capsys.readouterr().err
+
+    # No Reject capture could be scored: nothing to fit the thresholds to.
+    assert main([*argv, "--reject", str(reject / "broken.jpg")]) == EXIT_NOTHING_SCORED
+    assert "fewer than two classes have a capture that could be scored" in capsys.readouterr().err
+    with pytest.raises(NothingToScore):
+        calibrate_site(_FixedScorer({"g1": 50.0, "r1": None}), {"Good": ["g1"], "Reject": ["r1"]})

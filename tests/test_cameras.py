@@ -14,9 +14,11 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pyfundus.daemon.cameras import FIRST_CAPTURES, MIN_JUDGED, CameraWatch
+from pyfundus.daemon.cli import startup_lines
 from pyfundus.daemon.config import ConfigError, WatchConfig, load_config, model_rule
 from pyfundus.daemon.records import Verdict
 from pyfundus.daemon.routing import ModelRouter, Route
+from pyfundus.grading import Thresholds
 from pyfundus.io import peek_camera, read_image
 
 
@@ -90,6 +92,28 @@ def test_each_capture_is_scored_by_its_cameras_or_folders_model(tmp_path):
     assert router.name == "default"
 
 
+def test_start_up_lines_name_each_model_with_its_thresholds(tmp_path):
+    default, topcon = Named("fthnet_s"), Named("fthnet_s")
+    default.thresholds, topcon.thresholds = Thresholds(43, 62, calibrated=True), Thresholds(13, 20.5, calibrated=True)
+    topcon.file = tmp_path / "topcon.safetensors"
+    router = ModelRouter(default, [Route("camera", "TOPCON TRC-NW400", topcon)], root=str(tmp_path))
+    daemon = SimpleNamespace(
+        config=WatchConfig(folder=tmp_path, state_dir=tmp_path / "state", poll=2.0, recursive=True),
+        watcher=SimpleNamespace(mode="polling"), scoring=SimpleNamespace(scorer=router, backend="torch fp32 on cpu"),
+        web=SimpleNamespace(url="http://127.0.0.1:8470/"),
+    )  # fmt: skip
+    assert startup_lines(daemon) == [
+        f"watching {tmp_path} (polling every 2 s, with sub-folders)",
+        "model: fthnet_s; Reject below 43, Good from 62 (calibrated)",
+        f"camera 'TOPCON TRC-NW400': {topcon.file}; Reject below 13, Good from 20.5 (calibrated)",
+        "backend: torch fp32 on cpu",
+        f"ledger and log: {tmp_path / 'state'}",
+        "operator page: http://127.0.0.1:8470/",
+    ]
+    daemon.config.redact_identifiers = True
+    assert startup_lines(daemon)[0] == "watching the folder (polling every 2 s, with sub-folders)"
+
+
 def test_camera_and_folder_models_come_from_flags_or_the_config_file(tmp_path):
     folder = tmp_path / "camera"
     folder.mkdir()
@@ -126,6 +150,7 @@ def test_a_camera_whose_first_captures_fall_below_good_is_said_aloud_once(caplog
     watch(verdict("Acme FC9", "Usable", 10))
     assert [n.camera for n in notices] == ["Acme FC9"] and notices[0].below_good == MIN_JUDGED
     assert "pyfundus adapt --from-ledger /var/lib/pyfundus --camera 'Acme FC9'" in notices[0].message
+    assert "--camera-model 'Acme FC9=site-acme-fc9.safetensors'" in notices[0].message  # the flag watch takes
     assert any("looks unfamiliar" in r.getMessage() for r in caplog.records)
     for n in range(20, 30):
         watch(verdict("Acme FC9", "Reject", n))

@@ -16,9 +16,11 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -58,6 +60,7 @@ from pyfundus.daemon.service import Daemon
 from pyfundus.daemon.watcher import native_observer
 from pyfundus.grading import Thresholds
 from pyfundus.verdicts import CSV_COLUMNS
+from pyfundus.weights import read_config, shipped_weights
 
 # Short timings so the suite is quick; the defaults are for clinic cameras. No operator page: its
 # fixed default port would make daemons run side by side collide (test_web.py covers it).
@@ -555,6 +558,7 @@ def test_results_export_json_and_csv(tmp_path, capsys):
     assert set(records) == {"a.png", "bad.jpg"}
     assert records["a.png"]["state"] == "scored" and records["a.png"]["class"] in ("Good", "Usable", "Reject")
     assert records["a.png"]["other_paths"] == [real(copy)] and records["a.png"]["model"] == "stub-brightness"
+    assert records["a.png"]["scored_by"] == "local"
     assert records["bad.jpg"]["state"] == "failed" and "not an image file" in records["bad.jpg"]["error"]
     out = tmp_path / "verdicts.csv"
     assert daemon_main(["results", "export", "--state-dir", state, "--format", "csv", "-o", str(out)]) == 0
@@ -562,6 +566,19 @@ def test_results_export_json_and_csv(tmp_path, capsys):
     assert header.split(",") == list(CSV_COLUMNS) and len(rows) == 2
     assert daemon_main(["results", "export", "--state-dir", str(tmp_path / "nowhere")]) == 2
     assert "no ledger" in capsys.readouterr().err
+
+
+def test_a_ledger_from_before_scored_by_gains_the_column_and_keeps_its_verdicts(tmp_path):
+    with running(tmp_path) as h:
+        h.wait_done(write(h.folder / "a.png", png_bytes(90)))
+    path = tmp_path / "state" / "ledger.sqlite3"
+    with sqlite3.connect(path) as conn:  # as a ledger written before the column existed
+        conn.execute("ALTER TABLE captures DROP COLUMN scored_by")
+    ((verdict, _),) = Ledger(path, readonly=True).captures()  # a reader cannot add it: None
+    assert verdict.scored_by is None and verdict.state == "scored"
+    Ledger(path).close()  # the daemon's read-write open adds it
+    with sqlite3.connect(path) as conn:
+        assert "scored_by" in {row[1] for row in conn.execute("PRAGMA table_info(captures)")}
 
 
 # ---- the process: signals, lock, state directory, config -----------------------------------
@@ -695,6 +712,27 @@ def test_config_file_and_flags_flags_win(tmp_path):
         load_config({"folder": tmp_path / "missing"})
 
 
+def test_watch_help_lists_the_options_under_their_headings():
+    import argparse
+
+    from pyfundus.daemon.cli import add_commands
+    from pyfundus.daemon.config import OPTION_GROUPS, OPTIONS, Option
+
+    commands = argparse.ArgumentParser(prog="pyfundus").add_subparsers()
+    add_commands(commands)
+    text = commands.choices["watch"].format_help()
+    headings = [f"\n{title}:\n" for title in OPTION_GROUPS.values()]
+    assert all(heading in text for heading in headings)
+    positions = [text.index(heading) for heading in headings]
+    assert positions == sorted(positions)  # in the order OPTION_GROUPS gives
+    for option in OPTIONS:  # each option under its own heading: after it, and before the next one
+        at = text.index(f"\n  {option.flags[0]}")
+        mine = list(OPTION_GROUPS).index(option.group)
+        assert positions[mine] < at < (positions[mine + 1] if mine + 1 < len(positions) else len(text)), option.name
+    with pytest.raises(ValueError, match="group must be one of"):
+        Option("new_setting", "bool", "an option added without a heading")
+
+
 def test_thresholds_come_from_the_file_or_the_flags_and_are_checked(tmp_path):
     folder = tmp_path / "camera"
     folder.mkdir()
@@ -769,10 +807,17 @@ def test_an_untrained_model_in_the_daemon_does_not_silence_later_models(caplog):
         scorer.score([disc])
 
 
-def test_a_site_can_move_the_models_thresholds():
+def test_a_site_can_move_the_models_thresholds(caplog):
+    caplog.set_level(logging.INFO, logger="pyfundus.daemon.scoring")
     scorer = load_scorer("fthnet_s", "cpu", reject_below=20, good_from=45)
     assert (scorer.thresholds.reject_below, scorer.thresholds.good_from) == (20.0, 45.0)
     assert not scorer.thresholds.calibrated  # set by hand, and recorded as such
+    # The log says which are in force, in the words of the start-up lines and pyfundus score's summary.
+    assert "thresholds: Reject below 20, Good from 45 (not calibrated); set for this site" in caplog.text
+    shipped = read_config(shipped_weights()).thresholds
+    caplog.clear()
+    load_scorer("fthnet_s", "cpu")
+    assert f"thresholds: {shipped.describe()}; the model's" in caplog.text
     kept = load_scorer("fthnet_s", "cpu", good_from=80)
     assert kept.thresholds.reject_below == load_scorer("fthnet_s", "cpu").thresholds.reject_below
     with pytest.raises(StartupError, match="reject_below < good_from"):

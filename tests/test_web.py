@@ -33,6 +33,7 @@ from pyfundus.daemon import web
 from pyfundus.daemon.config import WatchConfig, load_config
 from pyfundus.daemon.errors import ConfigError, StartupError
 from pyfundus.daemon.service import Daemon
+from pyfundus.version import __version__
 
 FAST = {"debounce": 0.05, "settle": 0.15, "incomplete_grace": 0.8, "liveness_interval": 0.1, "drain_timeout": 10.0}
 WAIT = 30.0
@@ -467,9 +468,13 @@ def test_watch_prints_the_page_address_and_sigterm_ends_it_with_a_page_open(tmp_
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        line = proc.stderr.readline()
-        match = re.fullmatch(r"operator page: http://127\.0\.0\.1:(\d+)/\n", line)
-        assert match, line
+        start = [proc.stderr.readline() for _ in range(5)]  # what runs, then the address, last
+        assert start[0] == f"watching {folder} (file events, top level only)\n", start
+        assert start[1:4] == ["model: stub-brightness (UNTRAINED: its grades are meaningless)\n",
+                              f"backend: pyfundus {__version__}, BrightnessScorer\n",
+                              f"ledger and log: {tmp_path / 'state'}\n"]  # fmt: skip
+        match = re.fullmatch(r"operator page: http://127\.0\.0\.1:(\d+)/\n", start[4])
+        assert match, start
         port = int(match.group(1))
         stream = EventStream(port)
         write(folder / "a.png", png_bytes(REJECT))

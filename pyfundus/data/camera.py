@@ -29,7 +29,7 @@ from .degrade import BLUR_ALLOWANCE
 __all__ = ["Camera", "WORKING_SIDE"]
 
 WORKING_SIDE = 512  # the field-of-view square the ranges below are written for
-EXPOSURE_RANGE = (0.82, 1.22)  # a rendering's mean level relative to the source's
+EXPOSURE_RANGE = (0.72, 1.32)  # a rendering's mean level relative to the source's (the exposure allowances)
 
 
 @dataclass(frozen=True)

@@ -42,8 +42,8 @@ motion_blur     blur          vessel contrast lost, sigma = the PSF's orientatio
                               std (length / sqrt(12) / sqrt(2) for a straight stroke)
 haze            haze          1 - (mean veil transmission over the FOV x vessel contrast
                               kept by its scatter blur)
-underexposure   exposure      stops lost at a mid-tone (0.4) beyond 0.3, / 2.7 stops
-overexposure    exposure      rise of a green mid-tone (0.35) beyond 0.05 / its headroom
+underexposure   exposure      stops lost at a mid-tone (0.4) beyond 0.45, / 2.55 stops
+overexposure    exposure      rise of a green mid-tone (0.35) beyond 0.11 / its headroom
 eyelash_shadow  occlusion     mean light lost over the FOV / 0.3
 eyelid_shadow   occlusion     mean light lost over the FOV / 0.4
 small_pupil     illumination  mean light lost over the FOV / 0.6
@@ -685,7 +685,7 @@ class Underexposure(Degradation):
 
     def severity(self, p: Params, shape: Shape) -> float:
         out = p["gain"] * _MID_TONE ** p["gamma"]
-        return _beyond(math.log2(_MID_TONE / out), 0.3, 3.0)
+        return _beyond(math.log2(_MID_TONE / out), 0.45, 3.0)
 
 
 class Overexposure(Degradation):
@@ -706,7 +706,7 @@ class Overexposure(Degradation):
         # Vessels show in the green mid-tones (~0.35): the harm is how far they
         # are pushed towards white, where contrast is lost to clipping.
         green = 0.35
-        return _beyond(p["gain"] * green ** p["gamma"] - green, 0.05, 1 - green)
+        return _beyond(p["gain"] * green ** p["gamma"] - green, 0.11, 1 - green)
 
 
 # ----------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from ..preprocess import crop_to_field_of_view, find_field_of_view
 from ..progress import progress_bar
 from .camera import Camera
 from .datasets import QualityRecord, write_fqs_table
-from .degrade import degrade, overall_severity
+from .degrade import TYPES, degrade, overall_severity
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def build_proxy(
     seed: int = 0,
     clean_fraction: float = CLEAN_FRACTION,
     camera_looks: bool = True,
+    focus: Sequence[str] = (),
     workers: int = 2,
     progress: bool = True,
 ) -> list[QualityRecord]:
@@ -84,14 +85,19 @@ def build_proxy(
 
     ``clean_fraction`` of the variants stay undegraded; ``camera_looks`` renders each
     variant's clean source by a random camera first (see :class:`~pyfundus.data.camera.Camera`).
+    ``focus``: each degraded variant gets exactly one of these degradation types (instead of one to
+    three of any), to teach the families a model ranks poorly.
     """
     if not 0.0 <= clean_fraction <= 1.0:
         raise ValueError(f"clean_fraction must be in [0, 1], got {clean_fraction}")
+    unknown = set(focus) - set(TYPES)
+    if unknown:
+        raise ValueError(f"unknown degradation type(s) {sorted(unknown)}; known: {', '.join(TYPES)}")
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     sources = [Source(Path(p).stem, path=str(p)) for p in photos]
     sources += [Source(f"synth{seed:03d}_{i:05d}", synth_seed=seed * 1_000_003 + i) for i in range(synthetic)]
-    jobs = [(source, out_dir, variants, seed, clean_fraction, camera_looks) for source in sources]
+    jobs = [(source, out_dir, variants, seed, clean_fraction, camera_looks, tuple(focus)) for source in sources]
     records: list[QualityRecord] = []
     lines: list[str] = []
     with ProcessPoolExecutor(max_workers=workers) as pool, progress_bar(
@@ -107,14 +113,15 @@ def build_proxy(
 
 
 def _build_source(job) -> tuple[list[QualityRecord], list[str]]:
-    source, out_dir, variants, seed, clean_fraction, camera_looks = job
+    source, out_dir, variants, seed, clean_fraction, camera_looks, focus = job
     clean = _load_source(source)
     records, lines = [], []
     for variant in range(variants):
         rng = np.random.default_rng([seed, _stable_hash(source.source_id), variant])
         keep_clean = rng.random() < clean_fraction
         camera = Camera.draw(rng) if camera_looks else Camera()
-        image, record = degrade(camera.render(clean), rng, types=[] if keep_clean else None)
+        types = [] if keep_clean else [focus[int(rng.integers(len(focus)))]] if focus else None
+        image, record = degrade(camera.render(clean), rng, types=types)
         mos = proxy_mos([step["severity"] for step in record.steps])
         name = f"{source.source_id}_{variant:03d}.png"
         Image.fromarray(image).save(out_dir / "images" / name, compress_level=1)

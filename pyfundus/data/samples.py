@@ -4,8 +4,13 @@ The photos come from the sdist of ``retinalysis-fundusprep``, pinned by version
 and sha256 and downloaded through pip, so the user's configured indexes,
 mirrors and proxies apply. Only its ``samples/original/`` folder (11 photos and
 one Topcon DICOM) is extracted, next to the CC0 retina photo that scikit-image
-bundles. ``manifest.json`` records each file's checksum, format, source dataset
-and licence.
+bundles: taken from the installed scikit-image when it holds the pinned file,
+else from one pinned scikit-image wheel downloaded the same way (scikit-image
+is not a pyfundus dependency). ``manifest.json`` records each file's checksum,
+format, source dataset and licence.
+
+A fetch is all or nothing: everything is written into a temporary folder
+beside the destination, which replaces the destination only once complete.
 
 Some of the source datasets forbid redistribution (DRIVE does), which is why
 pyfundus fetches these files on the user's machine and ships none of them.
@@ -13,12 +18,19 @@ pyfundus fetches these files on the user's machine and ships none of them.
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import io
 import json
 import logging
+import os
+import secrets
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib.metadata import version as installed_version
@@ -28,13 +40,23 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ..paths import cache_dir, sha256_file
+from ..paths import cache_root, sha256_file
 
 logger = logging.getLogger(__name__)
 
 SDIST_NAME = "retinalysis-fundusprep"
 SDIST_VERSION = "1.1.0"
 SDIST_SHA256 = "84111f0de5782f0305248f664a48d2e0336df823422708283758f675e8fe3611"
+
+# scikit-image's retina photo (CC0), by the sha256 of the JPEG it ships, and one wheel that holds it. The
+# wheel is named by platform and Python explicitly, so every machine downloads this very file whatever it runs.
+RETINA_MEMBER = "skimage/data/retina.jpg"
+RETINA_JPEG_SHA256 = "38a07f36f27f095e818aea7b96d34202c05176d30253c66733f2e00379e9e0e6"
+RETINA_WHEEL_VERSION = "0.25.2"
+RETINA_WHEEL = f"scikit_image-{RETINA_WHEEL_VERSION}-cp312-cp312-manylinux_2_17_x86_64.manylinux2014_x86_64.whl"
+RETINA_WHEEL_SHA256 = "a17e17eb8562660cc0d31bb55643a4da996a81944b82c54805c91b3fe66f4824"
+RETINA_WHEEL_TARGET = ("--platform", "manylinux2014_x86_64", "--python-version", "3.12", "--implementation", "cp",
+                       "--abi", "cp312")  # fmt: skip
 
 MANIFEST_NAME = "manifest.json"
 SKIMAGE_RETINA_NAME = "skimage_retina.png"
@@ -138,36 +160,82 @@ _SKIMAGE_PROVENANCE = Provenance(
 
 
 def samples_dir() -> Path:
-    """Default folder of the sample photos: ``cache_dir()/samples``."""
-    return cache_dir() / "samples"
+    """Default folder of the sample photos: ``cache_root()/samples`` (not created until a fetch)."""
+    return cache_root() / "samples"
 
 
 def fetch_samples(dest: Path | None = None, *, force: bool = False, progress: bool = True) -> Path:
     """Fetch the sample photos into ``dest`` (default ``samples_dir()``) and return it.
 
     Does nothing when ``dest`` already holds a manifest whose every file still
-    matches its sha256, unless ``force`` is set.
+    matches its sha256, unless ``force`` is set. All or nothing: on any error
+    ``dest`` is left as it was.
     """
     folder = _resolve(dest)
     if not force and _is_complete(folder):
         logger.info("Sample photos already present in %s (checksums verified)", folder)
         return folder
     fetched_on = datetime.now(timezone.utc).date().isoformat()
-    with tempfile.TemporaryDirectory(prefix="pyfundus-samples-") as tmp:
-        archive = _download_sdist(Path(tmp))
-        _verify_sha256(archive, SDIST_SHA256)
-        extracted = _extract_samples(archive, folder, progress=progress)
-    entries = [
-        _entry(path, _provenance(path.name), SDIST_NAME, SDIST_VERSION, fetched_on)
-        for path in extracted
-    ]
-    retina = _write_skimage_retina(folder)
-    entries.append(
-        _entry(retina, _SKIMAGE_PROVENANCE, "scikit-image", installed_version("scikit-image"), fetched_on)
-    )
-    _write_manifest(folder, entries)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = _sibling(folder, "fetching")
+    try:
+        with tempfile.TemporaryDirectory(prefix="pyfundus-samples-") as tmp:
+            _say(progress, f"downloading {SDIST_NAME}=={SDIST_VERSION} through pip (the sample photos)")
+            archive = _download_sdist(Path(tmp))
+            _verify_sha256(archive, SDIST_SHA256)
+            extracted = _extract_samples(archive, staging, progress=progress)
+            retina_jpeg, retina_version = _retina_jpeg(Path(tmp), progress)
+        entries = [
+            _entry(path, _provenance(path.name), SDIST_NAME, SDIST_VERSION, fetched_on)
+            for path in extracted
+        ]
+        retina = _write_retina_png(retina_jpeg, staging)
+        entries.append(_entry(retina, _SKIMAGE_PROVENANCE, "scikit-image", retina_version, fetched_on))
+        _write_manifest(staging, entries)
+        _replace_folder(folder, staging)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the fetch succeeded
     logger.info("Fetched %d sample photos into %s", len(entries), folder)
     return folder
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _sibling(folder: Path, purpose: str) -> Path:
+    """A new hidden folder beside ``folder``: the final step is then a rename within one file system.
+    Made with mkdir, not mkdtemp, so it gets the usual permissions (the umask's), not mkdtemp's 0700."""
+    sibling = folder.parent / f".{folder.name}-{purpose}-{os.getpid()}-{secrets.token_hex(4)}"
+    sibling.mkdir()
+    return sibling
+
+
+def _replace_folder(folder: Path, staging: Path) -> None:
+    """Put the complete ``staging`` folder where ``folder`` is, replacing an earlier fetch (or a part of one).
+
+    A folder holding anything a fetch does not write is someone else's: it is refused, untouched.
+    """
+    if folder.exists():
+        ours = {path.name for path in staging.iterdir()} | {f"{MANIFEST_NAME}.tmp"}
+        foreign = sorted(path.name for path in folder.iterdir() if path.name not in ours)
+        if foreign:
+            raise SampleFetchError(
+                f"{folder} holds files that are not sample photos ({', '.join(foreign[:5])}); nothing was "
+                "changed: fetch into an empty or new folder (--dest)"
+            )
+        previous = _sibling(folder, "previous")
+        os.replace(folder, previous / folder.name)
+        try:
+            os.replace(staging, folder)
+        except OSError:
+            os.replace(previous / folder.name, folder)  # put the earlier fetch back
+            raise
+        finally:
+            shutil.rmtree(previous, ignore_errors=True)
+    else:
+        os.replace(staging, folder)
 
 
 def load_manifest(dest: Path | None = None) -> list[dict[str, Any]]:
@@ -240,51 +308,55 @@ def _sdist_stem() -> str:
 
 def _download_sdist(workdir: Path) -> Path:
     """Download the pinned sdist with pip into ``workdir`` and return its path."""
-    requirements = workdir / "requirements.txt"
-    pin = f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}\n"
-    requirements.write_text(pin, encoding="utf-8")
+    # Only this project must be an sdist (its 42 kB wheel has no photos); build dependencies may stay wheels.
+    return _pip_download(workdir, SDIST_NAME, SDIST_VERSION, SDIST_SHA256, f"{_sdist_stem()}.tar.gz",
+                         ("--no-binary", SDIST_NAME))  # fmt: skip
+
+
+def _pip_download(
+    workdir: Path, name: str, version: str, sha256: str, filename: str, options: tuple[str, ...]
+) -> Path:
+    """Download one pinned file through pip (``--require-hashes``) into ``workdir`` and return its path."""
+    requirements = workdir / f"{name}.requirements.txt"
+    requirements.write_text(f"{name}=={version} --hash=sha256:{sha256}\n", encoding="utf-8")
     out = workdir / "download"
-    logger.info("Downloading the %s==%s sdist through pip", SDIST_NAME, SDIST_VERSION)
-    command = _pip_download_command(requirements, out)
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    logger.info("Downloading %s==%s through pip", name, version)
+    result = subprocess.run(_pip_download_command(requirements, out, options), capture_output=True, text=True,
+                            check=False)  # fmt: skip
     output = result.stdout + result.stderr
     logger.debug("pip said:\n%s", output)
     if result.returncode != 0:
         if _PIP_HASH_MISMATCH in output:
             raise ChecksumMismatchError(
-                f"pip rejected {SDIST_NAME}=={SDIST_VERSION}: its sha256 is not {SDIST_SHA256}; "
-                f"nothing was extracted.\n{_tail(output)}"
+                f"pip rejected {name}=={version}: its sha256 is not {sha256}; nothing was extracted.\n{_tail(output)}"
             )
         raise DownloadError(
-            f"pip could not download {SDIST_NAME}=={SDIST_VERSION} "
-            f"(exit status {result.returncode}):\n{_tail(output)}",
+            f"pip could not download {name}=={version} (exit status {result.returncode}):\n{_tail(output)}",
             pip_output=output,
         )
-    archive = out / f"{_sdist_stem()}.tar.gz"
-    if not archive.is_file():
-        saved = sorted(path.name for path in out.glob("*"))
-        raise DownloadError(f"pip did not save {archive.name} (it saved {saved})", pip_output=output)
-    return archive
+    path = out / filename
+    if not path.is_file():
+        saved = sorted(p.name for p in out.glob("*"))
+        raise DownloadError(f"pip did not save {filename} (it saved {saved})", pip_output=output)
+    return path
 
 
-def _pip_download_command(requirements: Path, out: Path) -> list[str]:
+def _pip_download_command(requirements: Path, out: Path, options: tuple[str, ...]) -> list[str]:
     # No --no-build-isolation: pip builds an sdist's metadata even for `download`,
-    # and this sdist takes its version from setuptools-scm, which is usually not
-    # installed; without it setuptools reports 0.0.0 and pip discards the file.
+    # and the fundusprep sdist takes its version from setuptools-scm, which is usually
+    # not installed; without it setuptools reports 0.0.0 and pip discards the file.
     # In isolation pip installs setuptools, setuptools-scm and wheel from the
     # configured indexes. The sdist has no setup.py, so no code of its own runs,
     # and --require-hashes makes pip check the sha256 before that build starts.
     return [
         sys.executable, "-m", "pip", "download",
         "--no-deps",
-        # Only this project must be an sdist (its 42 kB wheel has no photos);
-        # build dependencies may stay wheels instead of being built from source.
-        "--no-binary", SDIST_NAME,
+        *options,
         "--require-hashes", "-r", str(requirements),
         # A credential prompt for a private index must fail, not hang.
         "--no-input",
         "-d", str(out),
-    ]
+    ]  # fmt: skip
 
 
 def _tail(text: str, lines: int = 15) -> str:
@@ -347,16 +419,49 @@ def _copy_member(tar: tarfile.TarFile, member: tarfile.TarInfo, dest: Path, bar:
     return target
 
 
-def _write_skimage_retina(dest: Path) -> Path:
-    # scikit-image is an optional dependency (the `test` extra): import it only here.
+def _retina_jpeg(workdir: Path, progress: bool) -> tuple[bytes, str]:
+    """scikit-image's retina JPEG and the scikit-image version it came from: the installed copy when it
+    is the pinned file (no download), else the pinned wheel's, through pip. Checked against its sha256."""
+    installed = _installed_skimage_retina()
+    if installed is not None:
+        return installed
+    _say(progress, f"downloading scikit-image=={RETINA_WHEEL_VERSION} through pip (15 MB; its CC0 retina photo)")
+    return _retina_jpeg_from_wheel(workdir)
+
+
+def _retina_jpeg_from_wheel(workdir: Path) -> tuple[bytes, str]:
+    wheel = _pip_download(workdir, "scikit-image", RETINA_WHEEL_VERSION, RETINA_WHEEL_SHA256, RETINA_WHEEL,
+                          ("--only-binary", ":all:", *RETINA_WHEEL_TARGET))  # fmt: skip
     try:
-        from skimage import data
-    except ModuleNotFoundError as exc:
-        raise SampleFetchError(
-            "the CC0 retina sample comes from scikit-image: pip install scikit-image"
-        ) from exc
+        with zipfile.ZipFile(wheel) as archive:
+            jpeg = archive.read(RETINA_MEMBER)
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise SampleFetchError(f"{wheel.name} has no readable {RETINA_MEMBER}: {exc}") from exc
+    if hashlib.sha256(jpeg).hexdigest() != RETINA_JPEG_SHA256:
+        raise ChecksumMismatchError(f"{RETINA_MEMBER} in {wheel.name} is not the pinned file; nothing was extracted")
+    return jpeg, RETINA_WHEEL_VERSION
+
+
+def _installed_skimage_retina() -> tuple[bytes, str] | None:
+    # Found without importing scikit-image (slow, and not needed for one file).
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "retina.jpg"
+    try:
+        jpeg = path.read_bytes()
+    except OSError:
+        return None
+    if hashlib.sha256(jpeg).hexdigest() != RETINA_JPEG_SHA256:
+        logger.info("%s is not the pinned retina photo; downloading the pinned one", path)
+        return None
+    return jpeg, installed_version("scikit-image")
+
+
+def _write_retina_png(jpeg: bytes, dest: Path) -> Path:
+    # PNG, decoded as skimage.data.retina() decodes it: the same pixels, stored losslessly.
     target = dest / SKIMAGE_RETINA_NAME
-    Image.fromarray(data.retina()).save(target, format="PNG")
+    Image.open(io.BytesIO(jpeg)).convert("RGB").save(target, format="PNG")
     return target
 
 
