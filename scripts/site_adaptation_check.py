@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-captures", type=int, default=60)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--tune", default="all")
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--tune", default=None, help="default: pyfundus adapt's")
+    parser.add_argument("--lr", type=float, default=None, help="default: pyfundus adapt's")
     parser.add_argument("--variants", type=int, default=320)
     parser.add_argument("--replay", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
               "optimistic": args.test_on.resolve() in {p.resolve() for p in args.adapt_on},
               "base": measure(base, rows)}  # fmt: skip
     config = AdaptConfig(out=str(args.out / "site.safetensors"), base=args.model, minutes=args.minutes,
-                         steps=args.steps, tune=args.tune, lr=args.lr, variants=args.variants, replay=args.replay,
-                         seed=args.seed, force=True)  # fmt: skip
+                         steps=args.steps, variants=args.variants, replay=args.replay,
+                         seed=args.seed, force=True,
+                         **{k: v for k, v in (("tune", args.tune), ("lr", args.lr)) if v is not None})  # fmt: skip
     started = time.monotonic()
     try:
         adapted = adapt(read_captures({"Good": args.adapt_on}), config, progress=not args.json,

@@ -195,3 +195,13 @@ def test_the_site_adaptation_check_reports_before_after_and_the_peer_on_fresh_ca
         assert -1 <= report[column]["srcc"] <= 1 and 0 <= report[column]["clean_good_or_usable"] <= 1
     assert report["base"]["thresholds"] == [40.0, 70.0]  # the tiny base's, then adapt's refit ones
     assert report["adapted_meets_targets"] == all(report["adapted"][k] >= v for k, v in check.TARGETS.items())
+
+
+def test_the_command_s_defaults_are_adapt_config_s():
+    """The CLI writes its defaults out (so --help needs no torch); they must be the ones AdaptConfig uses."""
+    from pyfundus.cli import build_parser
+
+    args = build_parser().parse_args(["adapt", "--good", "x.jpg", "--out", "site.safetensors"])
+    defaults = AdaptConfig(out="site.safetensors")
+    assert (args.tune, args.lr, args.steps, args.variants, args.replay, args.minutes) == (
+        defaults.tune, defaults.lr, defaults.steps, defaults.variants, defaults.replay, defaults.minutes)
