@@ -232,8 +232,10 @@ def heatmap(reports: dict[str, dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(reports), figsize=(4.2 * len(reports), 4.2), squeeze=False)
+    rows = max(len({g["photo"] for g in report["per_group"].values()}) for report in reports.values())
+    fig, axes = plt.subplots(1, len(reports), figsize=(4.4 * len(reports), 1.9 + 0.32 * rows), squeeze=False)
     for ax, (label, report) in zip(axes[0], reports.items()):
+        label = "/".join(Path(label).parts[-2:])  # a model file by its folder and name, not the whole path
         photos = sorted({g["photo"] for g in report["per_group"].values()})
         grid = np.array([[report["per_group"][f"{p}/{f}"]["spearman"] for f in FAMILIES] for p in photos])
         ax.imshow(np.nan_to_num(grid, nan=1.0), cmap="RdYlGn_r", vmin=-1, vmax=1)
