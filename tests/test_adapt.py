@@ -109,7 +109,7 @@ def test_resume_ends_with_the_same_weights_bit_for_bit(tmp_path, tiny_base, site
         assert set(a.keys()) == set(b.keys())
         for key in a.keys():
             assert a.get_tensor(key).equal(b.get_tensor(key)), key
-    changed = small(tmp_path / "other.safetensors", tiny_base, work_dir=str(tmp_path / "w2"), lr=3e-4)
+    changed = small(tmp_path / "other.safetensors", tiny_base, work_dir=str(tmp_path / "w2"), lr=AdaptConfig.lr * 2)
     with pytest.raises(ValueError, match="other captures, base model or settings"):
         adapt(captures, changed, resume=True, progress=False)
 
