@@ -319,10 +319,11 @@ def _add_adapt(commands) -> None:
     p.add_argument("--minutes", type=float, default=20.0, help="time budget for the whole run (default: 20)")
     p.add_argument("--steps", type=_positive_int, default=300, help="most optimiser steps (default: 300)")
     # Literal defaults keep `pyfundus --help` free of torch; tests/test_adapt.py holds them to AdaptConfig's.
-    p.add_argument("--tune", choices=("all", "late", "head"), default="head",
+    p.add_argument("--tune", choices=("all", "late", "head"), default="all",
                    help="which layers learn: all, late (the last two stages and the head) or head: distortion "
-                   "perception, hypernetwork, target network (default: head)")  # fmt: skip
-    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default: 3e-4)")
+                   "perception, hypernetwork, target network; with --lr 3e-4 for a camera the model half knows "
+                   "(default: all)")  # fmt: skip
+    p.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default: 1e-4)")
     p.add_argument("--variants", type=_positive_int, default=320,
                    help="simulated variants of the good captures, in all (default: 320)")
     p.add_argument("--replay", type=float, default=0.25, help="share of each batch from replayed base data (default 0.25)")
