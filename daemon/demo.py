@@ -91,9 +91,9 @@ SHOTS: tuple[Shot, ...] = (
     Shot("real photo: HRF 04_g (CC-BY-4.0; sample photos)", "Good", sample="HRF_04_g.jpg"),
     Shot("synthetic fundus, clean", "Good", seed=103),
     Shot("synthetic fundus, underexposed", "Reject", seed=103, defect="underexposure", strength=0.9),
-    Shot("synthetic fundus, motion blur", "Usable", seed=104, defect="motion_blur", strength=0.7),
+    Shot("synthetic fundus, motion blur", "Usable", seed=104, defect="motion_blur", strength=0.47),
     Shot("real photo: a dark capture (sample photos)", "Reject", sample="sample_dark.png"),
-    Shot("synthetic fundus, haze (media opacity)", "Usable", seed=103, defect="haze", strength=0.6),
+    Shot("synthetic fundus, haze (media opacity)", "Usable", seed=103, defect="haze", strength=0.75),
     Shot("synthetic fundus, very small pupil", "Reject", seed=101, defect="small_pupil", strength=0.9),
     Shot("real photo: clipped field of view, glare at the rim (sample photos)", "Reject", sample="cropped.png"),
 )

@@ -1,6 +1,6 @@
 """``pyfundus score --engine ray`` on a real Ray cluster: a head node and a worker node (``ray start``,
 one CPU each), the real model, 39 real and synthetic captures (the fetched sample photos, synthetic fundi
-written as JPEG and PNG, a truncated JPEG and a text file), every score held to the local engine's.
+written as JPEG and PNG, a truncated JPEG and a file that is not an image), every score held to the local engine's.
 
 The drivers run as processes of their own, as a user's would: the CLI, or a few lines around
 ``score_archive`` where a test needs a part committed per batch to know how far a run has got.
@@ -10,6 +10,7 @@ are tested without Ray at the end.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import json
@@ -27,6 +28,7 @@ from sample_helpers import sample_photos
 
 from pyfundus.cli import main
 from pyfundus.data.synth import generate_fundus
+from pyfundus.errors import EXIT_SOME_FAILED
 from pyfundus.paths import sha256_file
 from pyfundus.verdicts import RECORD_FIELDS
 
@@ -64,7 +66,7 @@ def captures(tmp_path_factory) -> Path:
         Image.fromarray(rgb).save(folder / f"synthetic_{seed:02d}.{'jpg' if seed % 2 else 'png'}")
     whole = (folder / "synthetic_01.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(whole[: len(whole) // 3])
-    (folder / "notes.txt").write_text("not an image\n")
+    (folder / "export.dat").write_text("not an image\n")  # named as no capture is, so read, not skipped
     return folder
 
 
@@ -73,7 +75,7 @@ def local(captures) -> dict[str, dict]:
     """What the local engine says of every capture: ``pyfundus score --json``, run here."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main(["score", str(captures), "--json", "--no-progress"]) == 0
+        assert main(["score", str(captures), "--json", "--no-progress"]) == EXIT_SOME_FAILED  # the two bad files
     return {record["path"]: record for record in json.loads(out.getvalue())}
 
 
@@ -129,7 +131,7 @@ def wait_until(condition, timeout, what):
 def test_an_archive_scored_on_the_cluster_matches_the_local_engine(cluster, captures, local, tmp_path):
     output = tmp_path / "results.parquet"
     done = run_cli(cluster, str(captures), "--output", str(output), "--actors", "2")
-    assert done.returncode == 1, done.stderr  # the truncated JPEG and the text file: some failed
+    assert done.returncode == 1, done.stderr  # the truncated JPEG and the non-image: some failed
     summary = json.loads(done.stdout)
     assert summary["captures"] == len(local) == SYNTHETIC + len(sample_photos()) + 2
     assert (summary["scored"], summary["failed"]) == (len(local) - 2, 2)
@@ -143,7 +145,7 @@ def test_an_archive_scored_on_the_cluster_matches_the_local_engine(cluster, capt
     assert table.schema.field("causes").type == pa.map_(pa.string(), pa.float64())
     assert_matches_local(read_records(output), local)
     failed = {Path(r["path"]).name: r["error"] for r in read_records(output) if r["state"] == "failed"}
-    assert "truncated" in failed["truncated.jpg"] and "not an image" in failed["notes.txt"]
+    assert "truncated" in failed["truncated.jpg"] and "not an image" in failed["export.dat"]
 
 
 def test_resume_continues_a_half_written_output(cluster, captures, local, tmp_path):
@@ -197,8 +199,11 @@ def test_a_worker_node_killed_mid_run_costs_no_capture(cluster, captures, local,
     records = read_records(output)
     assert_matches_local(records, local)
     before = {r["path"] for r in at_kill}
-    survivors = {r["scored_by"] for r in records if r["path"] not in before}
-    assert len(survivors) == 1, f"rows after the kill came from {survivors}: one node was left"
+    # After the kill one node scores the rest. Batches the dead node finished before it died can still be written
+    # after the snapshot (Ray Data buffers finished blocks: 10 rows were seen on a loaded 2-core machine), so
+    # what is held is that one node took over (more than a batch) and, above, that nothing was lost or doubled.
+    after = collections.Counter(r["scored_by"] for r in records if r["path"] not in before)
+    assert len(after) <= 2 and after.most_common(1)[0][1] > 8, f"rows after the kill came from {dict(after)}"
 
 
 def test_an_existing_output_is_never_overwritten(tmp_path, capsys):
