@@ -46,7 +46,7 @@ def _add_enhance(commands) -> None:
 def _run_enhance(args) -> int:
     from .api import load_enhancer
     from .enhance import EnhanceResult
-    from .paths import expand_paths
+    from .inputs import collect_inputs
 
     try:
         enhancer = load_enhancer(args.model, args.device, threads=args.threads)
@@ -54,7 +54,7 @@ def _run_enhance(args) -> int:
         raise UsageError(str(exc)) from exc
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
-    entries = expand_paths(args.paths, recursive=args.recursive)
+    entries = collect_inputs(args.paths, recursive=args.recursive).entries
     targets = [path for path, problem in entries if problem is None]
     with progress_bar(len(targets), desc="enhancing", unit="img", enabled=not args.no_progress and len(targets) > 1) as bar:
         done = {r.path: r for r in enhancer.enhance(targets, out_dir=args.out, progress=bar.update)}
@@ -95,13 +95,13 @@ def _add_grade(commands) -> None:
 def _run_grade(args) -> int:
     from .api import load_grader
     from .dr_grader import GradeResult
-    from .paths import expand_paths
+    from .inputs import collect_inputs
 
     try:
         grader = load_grader(args.model, args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise UsageError(str(exc)) from exc
-    entries = expand_paths(args.paths, recursive=args.recursive)
+    entries = collect_inputs(args.paths, recursive=args.recursive).entries
     targets = [path for path, problem in entries if problem is None]
     with progress_bar(len(targets), desc="grading", unit="img", enabled=not args.no_progress and len(targets) > 1) as bar:
         done = {r.path: r for r in grader.grade(targets, batch_size=args.batch_size, progress=bar.update)}

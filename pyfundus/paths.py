@@ -3,7 +3,6 @@ safe file names, content hashes, and the commands' PATH arguments expanded into 
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from pathlib import Path
@@ -45,33 +44,3 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def safe_file_stem(name: str) -> str:
     """``name`` with every character but letters, digits and ``-_.`` replaced by ``_``: safe in a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def expand_paths(arguments: list[str], recursive: bool = False) -> list[tuple[str, str | None]]:
-    """(path, problem) pairs in argument order; problem is None for a file to score.
-
-    Folders contribute every non-hidden regular file (sorted), so a stray
-    non-image shows up in the output as an error rather than vanishing.
-    """
-    entries: list[tuple[str, str | None]] = []
-    for argument in arguments:
-        if os.path.isdir(argument):
-            entries.extend((path, None) for path in _folder_files(Path(argument), recursive))
-        elif os.path.lexists(argument):
-            entries.append((argument, None))
-        elif glob.has_magic(argument):
-            files = [m for m in sorted(glob.glob(argument, recursive=True)) if os.path.isfile(m)]
-            entries.extend((path, None) for path in files)
-            if not files:
-                entries.append((argument, "no files match this pattern"))
-        else:
-            entries.append((argument, "no such file or directory"))
-    return list(dict.fromkeys(entries))
-
-
-def _folder_files(folder: Path, recursive: bool) -> list[str]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if recursive else []
-        found.extend(os.path.join(root, f) for f in sorted(files) if not f.startswith("."))
-    return found
