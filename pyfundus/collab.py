@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .checkpoint import load_training_state, save_training_state
 from .data.cleaq import CleaqRecord, field_mask, load_cleaq
 from .data.datasets import split_records
 from .io import read_image
@@ -600,42 +601,13 @@ def _save(model, path: Path, config: CleaqTrainConfig, arch: str, kwargs: dict, 
 
 
 def _save_state(path: Path, model, optimizer, step: int, history: list[dict], initial: dict[str, float]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tensors["rng.torch"] = torch.get_rng_state()
-    state = optimizer.state_dict()
-    for index, values in state["state"].items():
-        for key, value in values.items():
-            tensors[f"optim.{index}.{key}"] = value.detach().reshape(-1).cpu() if value.ndim == 0 else value.detach().cpu()
-    metadata = {
-        "step": str(step),
-        "history": json.dumps(history),
-        "param_groups": json.dumps(state["param_groups"]),
-        "initial_losses": json.dumps(initial),
-    }
-    temporary = path.with_suffix(".tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    temporary.replace(path)  # atomic: a crash mid-save keeps the previous state
+    record = {"step": str(step), "history": json.dumps(history), "initial_losses": json.dumps(initial)}
+    save_training_state(path, {"model": model}, optimizer, record)
 
 
 def _load_state(path: Path, model, optimizer) -> tuple[int, list[dict], dict[str, float]]:
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: nothing to resume from")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    torch.set_rng_state(tensors["rng.torch"])
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    return int(metadata["step"]), json.loads(metadata["history"]), json.loads(metadata["initial_losses"])
+    record = load_training_state(path, {"model": model}, optimizer)
+    return int(record["step"]), json.loads(record["history"]), json.loads(record["initial_losses"])
 
 
 def _amp_dtype(config: CleaqTrainConfig) -> torch.dtype | None:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .checkpoint import load_training_state, save_training_state
 from .data.datasets import QualityRecord, load_records, train_val_split
 from .grading import Thresholds
 from .io import ImageReadError, read_image
@@ -405,37 +406,9 @@ def _model_config(config, kwargs, spec, causes, history, thresholds) -> ModelCon
 
 
 def _save_state(path: Path, model, ema, optimizer, step: int, history: list[dict]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v.detach().contiguous() for k, v in ema.state_dict().items()})
-    tensors["rng.torch"] = torch.get_rng_state()  # drop-path draws: a resumed run continues the same stream
-    optimizer_state = optimizer.state_dict()
-    for index, state in optimizer_state["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{index}.{key}"] = value.detach().reshape(-1) if value.ndim == 0 else value.detach()
-    groups = [{k: v for k, v in g.items() if k != "params"} | {"params": g["params"]} for g in optimizer_state["param_groups"]]
-    metadata = {"step": str(step), "history": json.dumps(history), "param_groups": json.dumps(groups)}
-    temporary = path.with_suffix(".tmp")
-    save_file(tensors, str(temporary), metadata=metadata)
-    temporary.replace(path)  # atomic: a crash mid-save keeps the previous state
+    save_training_state(path, {"model": model, "ema": ema}, optimizer, {"step": str(step), "history": json.dumps(history)})
 
 
 def _load_state(path: Path, model, ema, optimizer) -> tuple[int, list[dict]]:
-    from safetensors import safe_open
-
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: nothing to resume from")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    torch.set_rng_state(tensors["rng.torch"])
-    state: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value.reshape(()) if name == "step" else value
-    optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
-    return int(metadata["step"]), json.loads(metadata["history"])
+    record = load_training_state(path, {"model": model, "ema": ema}, optimizer)
+    return int(record["step"]), json.loads(record["history"])
