@@ -341,7 +341,7 @@ class OperatorWeb:
         self._thumbs: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._thumbs_lock = threading.Lock()
         self._making_thumb = threading.Lock()  # one decode at a time: a huge capture's decode is memory
-        self._server: _Server | None = None
+        self._server: PageServer | None = None
         self._thread: threading.Thread | None = None
         self._started = 0.0
         self.ledger: Ledger | None = None
@@ -367,7 +367,7 @@ class OperatorWeb:
         )  # fmt: skip
         self.ledger = ledger  # the operator's feedback is written there
         try:
-            self._server = _Server((self.host, self.port), self)
+            self._server = PageServer((self.host, self.port), _Handler, self, "operator page")
         except OSError as exc:
             raise StartupError(
                 f"the operator page cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
@@ -537,14 +537,17 @@ def is_loopback_address(host: str) -> bool:
         return False
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True  # a stuck client must not hold up the daemon's exit
+class PageServer(ThreadingHTTPServer):
+    """The HTTP server of a pyfundus page (the operator page, the rating app): ``app`` answers, each request on its
+    own thread, which never holds up exit (a stuck client must not keep the process alive)."""
 
-    def __init__(self, address: tuple[str, int], web: OperatorWeb) -> None:
-        self.web = web
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], app: Any, what: str) -> None:
+        self.app, self.what = app, what
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        super().__init__(address, handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks up the host's FQDN: a DNS query that stalls start-up offline.
@@ -552,16 +555,16 @@ class _Server(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("the operator page failed to answer a request")
+        logging.getLogger(type(self.app).__module__).exception("the %s failed to answer a request", self.what)
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: PageServer
     server_version = "pyfundus"
     sys_version = ""
 
     def setup(self) -> None:
-        self.timeout = self.server.web.request_timeout  # applied to the connection by setup()
+        self.timeout = self.server.app.request_timeout  # applied to the connection by setup()
         super().setup()
 
     def _admitted(self) -> bool:
@@ -569,7 +572,7 @@ class _Handler(BaseHTTPRequestHandler):
         if len(self.headers.get_all("Host") or ()) > 1:
             self._send(HTTPStatus.BAD_REQUEST, b"one Host header, please\n", "text/plain; charset=utf-8")
             return False
-        if self.server.web.loopback_only and not host_is_loopback(self.headers):
+        if self.server.app.loopback_only and not host_is_loopback(self.headers):
             self._send(HTTPStatus.FORBIDDEN, b"this page answers only to localhost\n", "text/plain; charset=utf-8")
             return False
         return True
@@ -598,7 +601,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.BAD_REQUEST, {"error": f"expected {{\"id\": SHA256, \"label\": {' or '.join(FEEDBACK)}}}"})
             return
         try:
-            update = self.server.web.record_feedback(sha256, label)
+            update = self.server.app.record_feedback(sha256, label)
         except LedgerError as exc:
             log.error("%s", exc)
             self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the ledger cannot take it now; try again"})
@@ -609,7 +612,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(HTTPStatus.OK, update)
 
     def do_GET(self) -> None:
-        web = self.server.web
+        web = self.server.app
         if not self._admitted():
             return
         url = urlsplit(self.path)
@@ -652,7 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._json(HTTPStatus.BAD_REQUEST, {"error": "day must be 'today' or YYYY-MM-DD"})
             return
-        held = self.server.web.board.history(day)
+        held = self.server.app.board.history(day)
         if held is None:
             message = "the page holds today's captures only; `pyfundus results export` has every day"
             self._json(HTTPStatus.NOT_FOUND, {"error": message})
@@ -661,7 +664,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, {"day": day.isoformat(), "captures": captures, "last_event_id": cursor})
 
     def _events(self, cursor: str | None) -> None:
-        web = self.server.web
+        web = self.server.app
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
         self.send_header("Cache-Control", "no-store")

@@ -25,18 +25,16 @@ import functools
 import io
 import json
 import logging
-import socket
-import socketserver
 import statistics
 import threading
 from http import HTTPStatus
 from http.cookies import CookieError, SimpleCookie
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ..daemon.web import host_is_loopback, is_loopback_address
+from ..daemon.web import PageServer, host_is_loopback, is_loopback_address
 from ..verdicts import CLASSES
 from .aggregate import DEFAULT_SD_THRESHOLD, disagreements, parse_score
 from .export import collect
@@ -67,7 +65,7 @@ class MarkServer:
         self.page = PAGE.read_bytes()
         self._views: collections.OrderedDict[tuple[int, str], dict[str, Any]] = collections.OrderedDict()
         self._views_lock = threading.Lock()
-        self._server: _Server | None = None
+        self._server: PageServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -78,7 +76,7 @@ class MarkServer:
     def start(self) -> None:
         """Bind and serve on a background thread."""
         try:
-            self._server = _Server((self.host, self.port), self)
+            self._server = PageServer((self.host, self.port), _Handler, self, "rating page")
         except OSError as exc:
             raise MarkError(f"cannot listen on {self.host}:{self.port} ({exc.strerror or exc}); "
                             "choose another --port (0 picks a free one)") from exc  # fmt: skip
@@ -214,26 +212,8 @@ def _histogram(values: list[float], width: int, top: int) -> list[dict[str, Any]
     return bins
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], app: MarkServer) -> None:
-        self.app = app
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind looks up the host's FQDN: a DNS query that stalls start-up offline.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("the rating page failed to answer a request")
-
-
 class _Handler(BaseHTTPRequestHandler):
-    server: _Server
+    server: PageServer
     server_version = "pyfundus-mark"
     sys_version = ""  # HTTP/1.0, one request per connection, as the operator page: close() leaves no kept-alive client
 
