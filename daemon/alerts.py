@@ -30,11 +30,12 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable
 
+from pyfundus.paths import printable
 from pyfundus.version import __version__
 
 from .config import WatchConfig
 from .deadline import Deadline
-from .logs import Redactor, file_paths, printable
+from .logs import Redactor, file_paths
 from .records import Verdict
 
 log = logging.getLogger(__name__)

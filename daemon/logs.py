@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from pyfundus.paths import printable
+
 from .records import Verdict
 from .statedir import LOG_NAME
 
@@ -37,16 +39,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 FILE_FIELDS = ("path", "duplicate_of", "reject_copy")
 PATIENT_FIELDS = ("patient_id", "study_uid", "sop_instance_uid")
 REDACTED = "<file>"
-
-# What can rewrite a reader's screen or log: C0/C1 controls (newline, carriage return, escape), line and
-# paragraph separators, bidirectional overrides, and the lone surrogates that undecodable file-name bytes become.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def printable(text: str) -> str:
-    """``text`` with its control characters as visible escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
-    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape", "backslashreplace").decode(), text)
-
 
 class Redactor:
     """Names files for log messages: relative paths, or pseudonyms when redacting."""

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence, TextIO
 
-from .logs import Redactor, file_paths, printable
+from pyfundus.paths import printable
+
+from .logs import Redactor, file_paths
 from .records import Verdict
 
 log = logging.getLogger(__name__)

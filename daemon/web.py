@@ -46,11 +46,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
 
+from pyfundus.paths import printable
 from pyfundus.verdicts import CLASSES, FAILED, FEEDBACK, iso_time
 
 from .errors import LedgerError, StartupError
 from .ledger import Ledger
-from .logs import printable
 from .records import Verdict
 from .statedir import MIN_FREE_BYTES
 

@@ -269,12 +269,15 @@ def _load_model_for_cli(name, device, reject_below, good_from, *, backend=None, 
 
 
 def _write_table(results, stream) -> None:
-    width = max((display_width(r.path or "") for r in results), default=4)
+    from .paths import printable  # a file name with a newline must not print a verdict line of its own
+
+    paths = [printable(r.path or "") for r in results]
+    width = max(map(display_width, paths), default=4)
     stream.write(f"{_pad('path', width)}  {'score':>6}  {'class':<7}  {'eye':<3}  note\n")
-    for r in results:
+    for path, r in zip(paths, results):
         score = f"{r.score:6.1f}" if r.score is not None else "     -"
-        note = r.error or "; ".join(([r.reason] if r.reason else []) + r.warnings)
-        stream.write(f"{_pad(r.path, width)}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}".rstrip() + "\n")
+        note = printable(r.error or "; ".join(([r.reason] if r.reason else []) + r.warnings))
+        stream.write(f"{_pad(path, width)}  {score}  {r.quality_class or '-':<7}  {r.eye or '-':<3}  {note}".rstrip() + "\n")
 
 
 def display_width(text: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -44,3 +45,13 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def safe_file_stem(name: str) -> str:
     """``name`` with every character but letters, digits and ``-_.`` replaced by ``_``: safe in a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# What can rewrite a reader's screen or log: C0/C1 controls (newline, carriage return, escape), line and
+# paragraph separators, bidirectional overrides, and the lone surrogates that undecodable file-name bytes become.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters as visible escapes (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape", "backslashreplace").decode(), text)

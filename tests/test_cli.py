@@ -366,3 +366,12 @@ def test_each_commands_help_gives_its_exit_statuses(argv, statuses, capsys):
     assert "exit status: " in text
     for status in statuses:
         assert status in text, status
+
+
+def test_a_file_name_cannot_print_a_table_line_of_its_own(tmp_path, capsys):
+    """As on the daemon's stdout: control characters in a name are shown escaped, not obeyed."""
+    forged = tmp_path / "a\n2026-12-02  FORGED.jpg   95.0  Good\rb.jpg"
+    forged.write_bytes(b"not an image")
+    assert main(["score", str(forged), "--no-progress"]) == EXIT_NOTHING_SCORED
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and "\\n2026-12-02  FORGED.jpg" in lines[1] and "\\rb.jpg" in lines[1], lines
