@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from .errors import UsageError
+from .paths import printable
 from .progress import progress_bar
 
 TRAIN_TASKS = ("iqe", "iqa", "dr", "joint")
@@ -46,7 +48,6 @@ def _add_enhance(commands) -> None:
 def _run_enhance(args) -> int:
     from .api import load_enhancer
     from .enhance import EnhanceResult
-    from .inputs import collect_inputs
 
     try:
         enhancer = load_enhancer(args.model, args.device, threads=args.threads)
@@ -54,21 +55,17 @@ def _run_enhance(args) -> int:
         raise UsageError(str(exc)) from exc
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out} is a file, not a folder")
-    entries = collect_inputs(args.paths, recursive=args.recursive).entries
-    targets = [path for path, problem in entries if problem is None]
-    with progress_bar(len(targets), desc="enhancing", unit="img", enabled=not args.no_progress and len(targets) > 1) as bar:
-        done = {r.path: r for r in enhancer.enhance(targets, out_dir=args.out, progress=bar.update)}
-    results = [
-        done[path] if problem is None else EnhanceResult(path=path, model=enhancer.name, error=f"{path}: {problem}")
-        for path, problem in entries
-    ]
+    results = _each_input(
+        args, "enhancing",
+        run=lambda files, progress: enhancer.enhance(files, out_dir=args.out, progress=progress),
+        failed=lambda path, error: EnhanceResult(path=path, model=enhancer.name, error=error),
+    )  # fmt: skip
     if args.json:
-        json.dump([r.to_dict() for r in results], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(results)
     else:
         for r in results:
             note = r.error or f"-> {r.output} ({r.width}x{r.height}, {r.timing_ms.get('total', 0) / 1000:.2f} s)"
-            print(f"{r.path}  {note}")
+            print(printable(f"{r.path}  {note}"))
     return 0
 
 
@@ -95,31 +92,43 @@ def _add_grade(commands) -> None:
 def _run_grade(args) -> int:
     from .api import load_grader
     from .dr_grader import GradeResult
-    from .inputs import collect_inputs
 
     try:
         grader = load_grader(args.model, args.device)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         raise UsageError(str(exc)) from exc
-    entries = collect_inputs(args.paths, recursive=args.recursive).entries
-    targets = [path for path, problem in entries if problem is None]
-    with progress_bar(len(targets), desc="grading", unit="img", enabled=not args.no_progress and len(targets) > 1) as bar:
-        done = {r.path: r for r in grader.grade(targets, batch_size=args.batch_size, progress=bar.update)}
-    results = [
-        done[path] if problem is None else GradeResult(path=path, model=grader.name, error=f"{path}: {problem}")
-        for path, problem in entries
-    ]
+    results = _each_input(
+        args, "grading",
+        run=lambda files, progress: grader.grade(files, batch_size=args.batch_size, progress=progress),
+        failed=lambda path, error: GradeResult(path=path, model=grader.name, error=error),
+    )  # fmt: skip
     if args.json:
-        json.dump([r.to_dict() for r in results], sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(results)
     else:
         for r in results:
             if r.error:
-                print(f"{r.path}  {r.error}")
+                print(printable(f"{r.path}  {r.error}"))
                 continue
             quality = f"  quality {r.quality}" if r.quality else ""
-            print(f"{r.path}  grade {r.grade} ({r.grade_name}, p={r.probabilities[r.grade_name]:.2f}){quality}")
+            print(printable(f"{r.path}  grade {r.grade} ({r.grade_name}, p={r.probabilities[r.grade_name]:.2f}){quality}"))
     return 0
+
+
+def _each_input(args, desc: str, run: Callable, failed: Callable) -> list:
+    """``run(files, progress)`` over the files the arguments name, with a progress bar; one result per input in
+    argument order, ``failed(path, error)`` for an argument that names nothing to read."""
+    from .inputs import collect_inputs
+
+    entries = collect_inputs(args.paths, recursive=args.recursive).entries
+    targets = [path for path, problem in entries if problem is None]
+    with progress_bar(len(targets), desc=desc, unit="img", enabled=not args.no_progress and len(targets) > 1) as bar:
+        done = {r.path: r for r in run(targets, bar.update)}
+    return [done[path] if problem is None else failed(path, f"{path}: {problem}") for path, problem in entries]
+
+
+def _print_json(results: list) -> None:
+    json.dump([r.to_dict() for r in results], sys.stdout, indent=2)
+    sys.stdout.write("\n")
 
 
 # ---- pyfundus data build-pairs ----------------------------------------------------------
