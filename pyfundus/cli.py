@@ -122,6 +122,7 @@ def _shipped_thresholds():
 
 def _run_score(args) -> int:
     from .inputs import collect_inputs
+    from .paths import printable
     from .verdicts import ScoreResult, write_csv
 
     if args.engine == "ray":
@@ -160,7 +161,7 @@ def _run_score(args) -> int:
     n_scored = sum(scored[path].score is not None for path in targets)
     n_failed = len(targets) - n_scored
     for path, problem in inputs.nothing_found:
-        print(f"pyfundus: {path}: {problem}", file=sys.stderr)
+        print(printable(f"pyfundus: {path}: {problem}"), file=sys.stderr)
     print(f"pyfundus: {n_scored} scored, {n_failed} failed, {len(inputs.skipped)} skipped (not captures); "
           f"{model.name}: {model.thresholds.describe()}", file=sys.stderr)  # fmt: skip
     if inputs.nothing_found or n_scored == 0:
